@@ -1,0 +1,55 @@
+"""Turn a list of text pairs into tokenized query / passage / hard-negative tensors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor
+from transformers import PreTrainedTokenizerBase
+
+
+def tokenize(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], prefix: str, max_length: int) -> dict[str, Tensor]:
+    """Prefix, pad to the longest text and truncate to `max_length` tokens."""
+    return dict(
+        tokenizer([prefix + t for t in texts], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    )
+
+
+@dataclass
+class PairCollator:
+    """Tokenizes what `PairDataset` returns; picklable, so it runs in DataLoader workers.
+
+    Hard negatives of all examples are concatenated: every query sees every passage and every
+    negative of the batch as a candidate, so their count per example may differ.
+    """
+
+    tokenizer: PreTrainedTokenizerBase
+    query_prefix: str
+    passage_prefix: str
+    query_max_length: int
+    passage_max_length: int
+
+    @classmethod
+    def from_encoder(cls, encoder: Any) -> PairCollator:
+        return cls(
+            encoder.tokenizer,
+            encoder.query_prefix,
+            encoder.passage_prefix,
+            encoder.query_max_length,
+            encoder.passage_max_length,
+        )
+
+    def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        batch: dict[str, Any] = {
+            "query": tokenize(self.tokenizer, [r["query"] for r in rows], self.query_prefix, self.query_max_length),
+            "passage": tokenize(self.tokenizer, [r["positive"] for r in rows], self.passage_prefix, self.passage_max_length),
+            "ids": [r["id"] for r in rows],
+            "query_lang": [r["query_lang"] for r in rows],
+            "passage_lang": [r["passage_lang"] for r in rows],
+        }
+        negatives = [n for r in rows for n in r["negatives"]]
+        if negatives:
+            batch["negatives"] = tokenize(self.tokenizer, negatives, self.passage_prefix, self.passage_max_length)
+        return batch

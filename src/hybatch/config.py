@@ -1,0 +1,47 @@
+"""Hydra/OmegaConf glue shared by the entry points."""
+
+from __future__ import annotations
+
+import netrc
+import os
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+
+def wandb_offline() -> bool:
+    """Offline unless the user configured W&B, so a run never stops at a login prompt."""
+    mode = os.environ.get("WANDB_MODE")
+    if mode:
+        return mode in ("offline", "dryrun", "disabled")
+    if os.environ.get("WANDB_API_KEY"):
+        return False
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return True
+
+
+def sweep_group() -> str | None:
+    """The sweep directory's name in a multirun (W&B groups the sweep's runs by it), else None."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return None
+    return Path(hydra_cfg.sweep.dir).name
+
+
+def register_resolvers() -> None:
+    """`${hybatch_wandb_offline:}` and `${hybatch_sweep_group:}` in configs."""
+    for name, fn in (("hybatch_wandb_offline", wandb_offline), ("hybatch_sweep_group", sweep_group)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
+
+
+register_resolvers()

@@ -1,0 +1,1 @@
+"""Corpora, benchmark files and their sources."""

@@ -1,0 +1,138 @@
+"""XQuAD-R split by article into train / val / test: the offline stand-in for the paper's data.
+
+Each question becomes a parallel training example (question -> the sentence holding its answer,
+in every language); the held-out articles also form LAReQA benchmarks for validation and test.
+No article is in two splits, so no passage seen in training is a test candidate.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from hybatch.data.corpus import ParallelCorpus, ParallelExample, Translation
+from hybatch.data.lareqa import CANDIDATE_TEXTS, LareqaLanguage, candidate_text, load_lareqa_language
+from hybatch.data.sources import resolve_files
+from hybatch.data.training_data import TrainingData
+
+log = logging.getLogger(__name__)
+
+XQUAD_R_LANGUAGES = ("ar", "de", "el", "en", "es", "hi", "ru", "th", "tr", "vi", "zh")
+XQUAD_R_URL = "https://raw.githubusercontent.com/google-research-datasets/lareqa/master/xquad-r/{name}"
+SPLITS = ("train", "val", "test")
+
+
+class SplitConfigError(ValueError):
+    """The article split is misconfigured."""
+
+
+def split_articles(
+    articles: Sequence[str], split: Mapping[str, float | Sequence[str]], seed: int
+) -> dict[str, list[str]]:
+    """Assign every article to exactly one split.
+
+    `split` gives, per split, a fraction of the articles (seeded shuffle) or an explicit list of
+    titles; with lists, articles named nowhere go to train.
+    """
+    unknown_keys = set(split) - set(SPLITS)
+    if unknown_keys:
+        raise SplitConfigError(f"data.source.split has keys {sorted(unknown_keys)}; expected {SPLITS}")
+    values = [split.get(s) for s in SPLITS]
+    if all(isinstance(v, (int, float)) or v is None for v in values):
+        fractions = [float(v or 0.0) for v in values]
+        if any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
+            raise SplitConfigError(f"data.source.split fractions {dict(zip(SPLITS, fractions))} must be >= 0 and sum to 1")
+        order = [articles[i] for i in np.random.default_rng(seed).permutation(len(articles))]
+        n_val = max(1, round(fractions[1] * len(order))) if fractions[1] > 0 else 0
+        n_test = max(1, round(fractions[2] * len(order))) if fractions[2] > 0 else 0
+        if n_val + n_test >= len(order):
+            raise SplitConfigError(f"data.source.split leaves no training article out of {len(order)}")
+        return {"test": order[:n_test], "val": order[n_test : n_test + n_val], "train": order[n_test + n_val :]}
+    lists = {s: list(v) for s, v in zip(SPLITS, values) if v is not None and not isinstance(v, (int, float))}
+    if len(lists) != sum(v is not None for v in values):
+        raise SplitConfigError("data.source.split: give fractions for every split or title lists, not a mix")
+    known = set(articles)
+    for name, titles in lists.items():
+        missing = [t for t in titles if t not in known]
+        if missing:
+            raise SplitConfigError(f"data.source.split.{name}: unknown articles {missing}")
+    seen: dict[str, str] = {}
+    for name, titles in lists.items():
+        for t in titles:
+            if t in seen:
+                raise SplitConfigError(f"article {t!r} is in both split {seen[t]!r} and {name!r}")
+            seen[t] = name
+    out = {s: lists.get(s, []) for s in SPLITS}
+    if "train" not in lists:
+        out["train"] = [a for a in articles if a not in seen]
+    return out
+
+
+def examples_from_lareqa(
+    data: Mapping[str, LareqaLanguage], articles: set[str], passage_text: str, dataset: str
+) -> list[ParallelExample]:
+    """One parallel example per question id of the given articles; other sentences of the
+    answer's paragraph are its hard negatives."""
+    by_id: dict[str, dict[str, Translation]] = {}
+    article_of: dict[str, str] = {}
+    for lang, lang_data in data.items():
+        paragraphs: dict[int, list[int]] = {}
+        for i, c in enumerate(lang_data.candidates):
+            paragraphs.setdefault(c.paragraph, []).append(i)
+        for q in lang_data.questions:
+            if q.article not in articles:
+                continue
+            answer = lang_data.candidates[q.answer]
+            negatives = tuple(
+                candidate_text(lang_data.candidates[j], passage_text)
+                for j in paragraphs[answer.paragraph]
+                if j != q.answer
+            )
+            by_id.setdefault(q.qid, {})[lang] = Translation(q.text, candidate_text(answer, passage_text), negatives)
+            article_of[q.qid] = q.article
+    return [ParallelExample(qid, dataset, t, article_of[qid]) for qid, t in by_id.items()]
+
+
+def load_xquad_r_split(
+    data_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    languages: Sequence[str] = XQUAD_R_LANGUAGES,
+    split: Mapping[str, float | Sequence[str]] | None = None,
+    split_seed: int = 0,
+    passage_text: str = "sentence",
+    url: str = XQUAD_R_URL,
+    name: str = "xquad_r",
+    max_articles: int | None = None,
+) -> TrainingData:
+    """XQuAD-R from `data_dir` (else a one-time download into the cache), split by article.
+
+    `languages` are the languages loaded: the data module trains on its configured languages
+    among them, and the val / test benchmarks use all of them (el and vi: zero-shot).
+    `max_articles` keeps the first articles only, in file order, for a quick look.
+    """
+    from hybatch.evaluation.lareqa import build_lareqa_benchmark
+
+    unknown = [lang for lang in languages if lang not in XQUAD_R_LANGUAGES]
+    if unknown:
+        raise SplitConfigError(f"XQuAD-R has no language {unknown}; it has {list(XQUAD_R_LANGUAGES)}")
+    if passage_text not in CANDIDATE_TEXTS:
+        raise SplitConfigError(f"data.source.passage_text={passage_text!r}: expected one of {CANDIDATE_TEXTS}")
+    files = resolve_files([f"{lang}.json" for lang in languages], data_dir, url, cache_dir, "xquad-r")
+    data = {lang: load_lareqa_language(files[f"{lang}.json"], lang) for lang in languages}
+    titles = list(dict.fromkeys(q.article for lang_data in data.values() for q in lang_data.questions))
+    if max_articles is not None:
+        titles = titles[:max_articles]
+    parts = split_articles(titles, split or {"train": 0.8, "val": 0.1, "test": 0.1}, split_seed)
+    log.info("XQuAD-R articles per split: %s", {s: len(a) for s, a in parts.items()})
+    corpora = {
+        s: ParallelCorpus(examples_from_lareqa(data, set(parts[s]), passage_text, name)) if parts[s] else None
+        for s in SPLITS
+    }
+    benchmarks = {
+        s: build_lareqa_benchmark(f"{name}_{s}", data, set(parts[s]), candidate_text=passage_text) if parts[s] else None
+        for s in ("val", "test")
+    }
+    return TrainingData(corpora["train"], corpora["val"], corpora["test"], benchmarks["val"], benchmarks["test"])

@@ -1,0 +1,195 @@
+"""The LightningDataModule: a training data source, a batch sampler and the collator."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from hybatch.collate import PairCollator
+from hybatch.data.corpus import CorpusError, ParallelCorpus
+from hybatch.data.training_data import TrainingData
+from hybatch.samplers import BatchItem, ParallelBatchSampler
+
+log = logging.getLogger(__name__)
+
+SamplerFactory = Callable[..., ParallelBatchSampler]
+
+
+class PairDataset(Dataset):
+    """Looks up the texts of a `BatchItem`: the query in its language, the passage in its own."""
+
+    def __init__(self, corpus: ParallelCorpus, num_hard_negatives: int = 0) -> None:
+        self.corpus = corpus
+        self.num_hard_negatives = num_hard_negatives
+
+    def __len__(self) -> int:
+        return len(self.corpus)
+
+    def __getitem__(self, item: BatchItem) -> dict[str, Any]:
+        example = self.corpus[item.example]
+        query = example.translations[item.query_lang]
+        passage = example.translations[item.passage_lang]
+        return {
+            "id": example.id,
+            "query": query.query,
+            "positive": passage.positive,
+            "negatives": list(passage.negatives[: self.num_hard_negatives]),
+            "query_lang": item.query_lang,
+            "passage_lang": item.passage_lang,
+        }
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader whose position Lightning saves in checkpoints and restores on resume.
+
+    The position is the number of batches the training loop has processed (`progress()`), not
+    what the sampler has handed out: workers and Lightning's fetcher read ahead.
+    """
+
+    def __init__(self, *args: Any, progress: Callable[[], int], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._progress = progress
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**self.batch_sampler.state_dict(), "next_batch": self._progress()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.batch_sampler.load_state_dict(state)
+
+
+class _FixedEpoch(Sampler[list[BatchItem]]):
+    """Validation batches: the same every time, whatever epoch Lightning announces."""
+
+    def __init__(self, sampler: ParallelBatchSampler) -> None:
+        self.sampler = sampler
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[list[BatchItem]]:
+        return iter(self.sampler)
+
+
+class RetrievalDataModule(pl.LightningDataModule):
+    """Training pairs in the composition a batch sampler decides, plus the held-out benchmarks.
+
+    `source(data_dir=...)` loads the data (train / val / test corpora and, for LAReQA splits, the
+    retrieval benchmarks of the held-out articles); `data_dir` is where its files are (None: the
+    source downloads them into the cache). `sampler` is a partially configured batch sampler; the
+    data module completes it with the data, the batch size and this process's rank.
+    """
+
+    def __init__(
+        self,
+        source: Callable[..., TrainingData],
+        sampler: SamplerFactory,
+        languages: Sequence[str],
+        data_dir: str | None = None,
+        batch_size: int = 16,
+        collator: PairCollator | None = None,
+        num_workers: int = 0,
+        num_hard_negatives: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if num_hard_negatives < 0:
+            raise ValueError(f"data.num_hard_negatives={num_hard_negatives}: expected >= 0")
+        self.source = source
+        self.data_dir = data_dir
+        self.sampler_factory = sampler
+        self.languages = list(languages)
+        self.batch_size = batch_size
+        self.collator = collator
+        self.num_workers = num_workers
+        self.num_hard_negatives = num_hard_negatives
+        self.seed = seed
+        self.data: TrainingData | None = None
+
+    # --- distributed context -----------------------------------------------------------------
+    def _world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    def _processed_batches(self) -> int:
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed if self.trainer else 0
+
+    # --- data ---------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.data is not None:
+            return
+        self.data = self.source(data_dir=self.data_dir)
+        if len(self.data.train) == 0:
+            raise CorpusError("the training split is empty")
+        for name in ("val", "test"):
+            corpus = getattr(self.data, name)
+            if corpus is not None and len(corpus) == 0:
+                raise CorpusError(f"the {name} split is empty")
+        log.info(
+            "training data: %d train / %s val / %s test examples; languages %s",
+            len(self.data.train),
+            len(self.data.val) if self.data.val else 0,
+            len(self.data.test) if self.data.test else 0,
+            self.languages,
+        )
+
+    def make_sampler(self, split: str, world_size: int = 1, rank: int = 0, batch_size: int | None = None) -> ParallelBatchSampler:
+        """The configured sampler over one split (also used by `hybatch.describe_batches`)."""
+        self.setup()
+        corpus: ParallelCorpus = getattr(self.data, split)
+        return self.sampler_factory(
+            groups=corpus.groups(self.languages, split),
+            batch_size=batch_size or self.batch_size,
+            seed=self.seed,
+            world_size=world_size,
+            rank=rank,
+        )
+
+    def _loader(self, corpus: ParallelCorpus, batch_sampler: Sampler, **kwargs: Any) -> DataLoader:
+        if self.collator is None:
+            raise RuntimeError("RetrievalDataModule needs a collator (PairCollator.from_encoder(encoder)) to build loaders")
+        cls = ResumableDataLoader if kwargs else DataLoader
+        return cls(
+            PairDataset(corpus, self.num_hard_negatives),
+            batch_sampler=batch_sampler,
+            collate_fn=self.collator,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            **kwargs,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        world_size, rank = self._world()
+        sampler = self.make_sampler("train", world_size, rank)
+        return self._loader(self.data.train, sampler, progress=self._processed_batches)
+
+    def _held_out_loader(self, split: str) -> DataLoader | list:
+        corpus = getattr(self.data, split)
+        if corpus is None:
+            return []
+        world_size, rank = self._world()
+        # A small held-out split still gets loss batches; they are never larger than the training ones.
+        batch_size = min(self.batch_size, len(corpus) // world_size)
+        if batch_size < 1:
+            raise CorpusError(f"the {split} split has {len(corpus)} examples, fewer than the {world_size} devices")
+        if batch_size < self.batch_size:
+            log.info("%s loss batches hold %d pairs (the split has %d examples)", split, batch_size, len(corpus))
+        sampler = self.make_sampler(split, world_size, rank, batch_size)
+        return self._loader(corpus, _FixedEpoch(sampler))
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._held_out_loader("val")
+
+    def test_dataloader(self) -> DataLoader | list:
+        return self._held_out_loader("test")
+
+    @property
+    def val_benchmark(self):
+        return self.data.val_benchmark if self.data else None
+
+    @property
+    def test_benchmark(self):
+        return self.data.test_benchmark if self.data else None

@@ -1,0 +1,212 @@
+"""Contrastive loss with in-batch (and hard) negatives, cross-device negatives and gradient caching.
+
+For query i the candidates are every positive of the (global) batch followed by every hard negative;
+its own positive is candidate i. Scores are cosine similarities divided by a temperature:
+
+    loss = mean_i -log( exp(s(q_i, p_i) / t) / sum_j exp(s(q_i, d_j) / t) )
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import get_device_states, set_device_states
+
+Inputs = Mapping[str, Tensor]
+
+
+class ContrastiveOutput(NamedTuple):
+    """`loss` is the mean over queries; `accuracy` the fraction of queries whose own positive scores
+    highest (no grad); `logits` the (queries x candidates) scores already divided by the temperature."""
+
+    loss: Tensor
+    accuracy: Tensor
+    logits: Tensor
+
+
+def contrastive_loss(
+    queries: Tensor, positives: Tensor, negatives: Tensor | None = None, temperature: float = 0.05
+) -> ContrastiveOutput:
+    """InfoNCE over cosine similarities; candidates are `[positives; negatives]`, query i -> candidate i.
+
+    Scores are computed in at least float32: dividing bf16/fp16 cosines by a small temperature would
+    otherwise throw away most of their precision.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    if queries.shape[0] != positives.shape[0]:
+        raise ValueError(f"{queries.shape[0]} queries but {positives.shape[0]} positives")
+    candidates = positives if negatives is None else torch.cat([positives, negatives])
+    dtype = torch.promote_types(queries.dtype, torch.float32)
+    q = F.normalize(queries.to(dtype), dim=-1)
+    c = F.normalize(candidates.to(dtype), dim=-1)
+    logits = q @ c.T / temperature
+    labels = torch.arange(q.shape[0], device=q.device)
+    loss = F.cross_entropy(logits, labels)
+    accuracy = (logits.detach().argmax(dim=-1) == labels).float().mean()
+    return ContrastiveOutput(loss, accuracy, logits)
+
+
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def gather_across_ranks(x: Tensor) -> Tensor:
+    """All-gather `x` along dim 0 in rank order; only the local slice keeps its autograd graph.
+
+    Other ranks' slices are constants, so backward yields the gradient w.r.t. the local rows only.
+    Ranks may hold different numbers of rows (e.g. a smaller last batch): sizes are exchanged first and
+    rows padded to the largest. Identity without an initialised process group or with one process.
+    """
+    world = _world_size()
+    if world == 1:
+        return x
+    size = torch.tensor([x.shape[0]], device=x.device)
+    sizes = [torch.empty_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    rows = [int(s) for s in sizes]
+    padded = x.detach().new_zeros((max(rows), *x.shape[1:]))
+    padded[: x.shape[0]] = x.detach()
+    slices = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(slices, padded)
+    parts = [s[:n] for s, n in zip(slices, rows, strict=True)]
+    parts[dist.get_rank()] = x
+    return torch.cat(parts)
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward, gradient multiplied by `factor`: scales gradients without changing the value."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, factor: float) -> Tensor:
+        ctx.factor = factor
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        return grad * ctx.factor, None
+
+
+class ContrastiveLoss(nn.Module):
+    """`contrastive_loss`, computed over the global batch of all DDP ranks when `gather` is on.
+
+    Every rank gathers queries, positives and negatives separately and builds
+    `[all positives; all negatives]`, so label i still points at query i's positive; each rank thus
+    computes the same global loss L, whose graph reaches only the local embeddings e_r. Backward on rank
+    r gives J_r^T dL/de_r, while one process holding the global batch would get sum_r J_r^T dL/de_r; DDP
+    all-reduces the *mean* over the W ranks, i.e. (1/W) sum_r J_r^T dL/de_r. Multiplying the gradient
+    flowing into the local embeddings by W therefore makes the averaged gradient exactly the
+    single-process one (up to float rounding). The scaling is applied to the gradient, not the loss, so
+    the returned loss is the true global-batch loss, the same on every rank, fit for logging and early
+    stopping. `negatives` must be None on every rank or on none (otherwise the collectives mismatch).
+    """
+
+    def __init__(self, temperature: float = 0.05, gather: bool = True) -> None:
+        super().__init__()
+        self.temperature = temperature
+        self.gather = gather
+
+    def forward(self, queries: Tensor, positives: Tensor, negatives: Tensor | None = None) -> ContrastiveOutput:
+        world = _world_size()
+        if self.gather and world > 1:
+            queries = gather_across_ranks(_ScaleGrad.apply(queries, world))
+            positives = gather_across_ranks(_ScaleGrad.apply(positives, world))
+            if negatives is not None:
+                negatives = gather_across_ranks(_ScaleGrad.apply(negatives, world))
+        return contrastive_loss(queries, positives, negatives, self.temperature)
+
+
+def split_inputs(inputs: Inputs, chunk_size: int) -> list[dict[str, Tensor]]:
+    """Split a dict of tensors sharing dim 0 (input_ids, attention_mask, ...) into chunks of `chunk_size`
+    rows (the last may be smaller)."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    rows = {v.shape[0] for v in inputs.values()}
+    if len(rows) != 1:
+        raise ValueError(f"inputs must be non-empty and share dim 0, got sizes {sorted(rows)}")
+    n = rows.pop()
+    return [{k: v[i : i + chunk_size] for k, v in inputs.items()} for i in range(0, n, chunk_size)]
+
+
+@dataclass(frozen=True)
+class _RngState:
+    """CPU and CUDA generator states taken before a chunk's no-grad forward, so that its re-forward
+    draws the same dropout masks (the cached gradient is only valid for the same function)."""
+
+    cpu: Tensor
+    cuda_devices: list[int]
+    cuda_states: list[Tensor]
+
+    @classmethod
+    def capture(cls, chunk: Inputs) -> _RngState:
+        devices, states = get_device_states(*chunk.values())
+        return cls(torch.get_rng_state(), devices, states)
+
+    @contextmanager
+    def replay(self) -> Any:
+        """Run the block from this state, then give the generators back their state from before."""
+        with torch.random.fork_rng(devices=self.cuda_devices):
+            torch.set_rng_state(self.cpu)
+            set_device_states(self.cuda_devices, self.cuda_states)
+            yield
+
+
+def cached_contrastive_backward(
+    embed_fn: Callable[[dict[str, Tensor]], Tensor],
+    query_inputs: Inputs,
+    passage_inputs: Inputs,
+    chunk_size: int,
+    loss_fn: Callable[[Tensor, Tensor, Tensor | None], ContrastiveOutput],
+    backward_fn: Callable[..., Any] = Tensor.backward,
+    no_sync: Callable[[], AbstractContextManager[Any]] | None = None,
+) -> ContrastiveOutput:
+    """Gradient-cached contrastive step (Gao et al. 2021): the gradients of `loss_fn` over the whole batch
+    with the activation memory of one chunk. Accumulates into `.grad`; returns the detached output.
+
+    `passage_inputs` holds the B positives (B = number of queries) followed by any hard negatives (rows
+    B.., in the order `loss_fn` expects them); they are embedded together, so the same `embed_fn` serves
+    queries and passages. Steps:
+    1. embed every chunk under `no_grad`, recording the RNG state (CPU and the CUDA devices of the chunk's
+       tensors: keep inputs on the encoder's device) before each;
+    2. compute the loss on the full batch from detached leaf embeddings and take d loss / d embedding
+       (with `ContrastiveLoss(gather=True)` this is the cross-device loss, gradient already scaled by W);
+    3. re-embed each chunk with grad from its recorded RNG state (identical dropout) and call
+       `backward_fn(embeddings, gradient=cached_grad)` (default `Tensor.backward`). Pass Lightning's
+       `self.manual_backward`, which forwards `gradient=` to `Tensor.backward` after AMP loss scaling.
+
+    Under DDP every chunk's backward would all-reduce; only the last one should. Pass `no_sync`, a
+    callable returning DDP's no-sync context (`ddp_model.no_sync`, or in Lightning
+    `self.trainer.model.no_sync`): it wraps the re-forward and backward of all chunks but the last, which
+    then all-reduces the accumulated gradients once. All ranks must run the same number of DDP forwards
+    (each may broadcast buffers), so keep local batch sizes equal or call the bare module in `embed_fn`.
+    """
+    n_queries = next(iter(query_inputs.values())).shape[0]
+    query_chunks = split_inputs(query_inputs, chunk_size)
+    chunks = query_chunks + split_inputs(passage_inputs, chunk_size)
+
+    states: list[_RngState] = []
+    embeddings: list[Tensor] = []
+    with torch.no_grad():
+        for chunk in chunks:
+            states.append(_RngState.capture(chunk))
+            embeddings.append(embed_fn(chunk))
+
+    queries = torch.cat(embeddings[: len(query_chunks)]).requires_grad_()
+    passages = torch.cat(embeddings[len(query_chunks) :]).requires_grad_()
+    negatives = passages[n_queries:] if passages.shape[0] > n_queries else None
+    out = loss_fn(queries, passages[:n_queries], negatives)
+    query_grad, passage_grad = torch.autograd.grad(out.loss, [queries, passages])
+    grads = query_grad.split(chunk_size) + passage_grad.split(chunk_size)
+
+    for i, (chunk, state, grad) in enumerate(zip(chunks, states, grads, strict=True)):
+        last = i == len(chunks) - 1
+        with nullcontext() if no_sync is None or last else no_sync(), state.replay():
+            backward_fn(embed_fn(chunk), gradient=grad)
+    return ContrastiveOutput(out.loss.detach(), out.accuracy, out.logits.detach())

@@ -1,0 +1,201 @@
+"""The LightningModule: contrastive training of a `DualEncoder` with in-batch negatives."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+from transformers import get_linear_schedule_with_warmup
+
+from hybatch.encoder import DualEncoder
+from hybatch.loss import ContrastiveLoss, ContrastiveOutput, cached_contrastive_backward
+
+log = logging.getLogger(__name__)
+
+# Logged every validation / test; the per-pair keys go to metrics.json only.
+_LOGGED_PREFIXES = ("mono/", "cross/", "multi/")
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A checkpoint does not belong to the configured encoder."""
+
+
+def _loggable(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if k.startswith(_LOGGED_PREFIXES) and k.count("/") == 1}
+
+
+class DualEncoderModule(pl.LightningModule):
+    """Trains the encoder; validates with the loss and, when the data has one, a LAReQA benchmark.
+
+    `warmup` is a fraction of the training steps (< 1) or a number of steps. With
+    `grad_cache_chunk_size`, the batch is embedded in chunks of that size and the loss gradient
+    cached (Gao et al. 2021), so the batch size is independent of accelerator memory.
+    `on_nonfinite_loss`: "raise" stops the run before a NaN reaches the weights; "skip" drops
+    the step (single device only: under DDP one rank skipping would stall the others).
+    """
+
+    def __init__(
+        self,
+        encoder: DualEncoder,
+        temperature: float = 0.05,
+        lr: float = 3e-5,
+        weight_decay: float = 0.01,
+        warmup: float = 0.1,
+        gather_negatives: bool = True,
+        grad_cache_chunk_size: int | None = None,
+        eval_batch_size: int = 64,
+        on_nonfinite_loss: str = "raise",
+        max_grad_norm: float | None = None,
+    ) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"module.temperature={temperature}: expected > 0")
+        if on_nonfinite_loss not in ("raise", "skip"):
+            raise ValueError(f"module.on_nonfinite_loss={on_nonfinite_loss!r}: expected 'raise' or 'skip'")
+        self.save_hyperparameters(ignore=["encoder"])
+        self.hparams["backbone"] = encoder.name_or_path
+        self.hparams["encoder_settings"] = encoder.settings()
+        self.encoder = encoder
+        self.loss_fn = ContrastiveLoss(temperature=temperature, gather=gather_negatives)
+        self.automatic_optimization = grad_cache_chunk_size is None
+        self.test_metrics: dict[str, float] = {}
+
+    # --- training -----------------------------------------------------------------------------
+    def _embed(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor | None]:
+        q = self.encoder(batch["query"], "query")
+        p = self.encoder(batch["passage"], "passage")
+        n = self.encoder(batch["negatives"], "passage") if "negatives" in batch else None
+        return q, p, n
+
+    def _check_finite(self, out: ContrastiveOutput, batch: dict[str, Any]) -> bool:
+        if torch.isfinite(out.loss).all():
+            return True
+        where = (
+            f"non-finite loss {out.loss.item()} at step {self.global_step} (epoch {self.current_epoch}); batch ids "
+            f"{batch['ids'][:5]}..., query languages {sorted(set(batch['query_lang']))}, passage languages "
+            f"{sorted(set(batch['passage_lang']))}"
+        )
+        if self.hparams.on_nonfinite_loss == "raise":
+            raise FloatingPointError(
+                f"{where}. Stopped before the weights were updated; lower module.lr, raise module.temperature "
+                "or set module.on_nonfinite_loss=skip"
+            )
+        log.warning("%s: step skipped", where)
+        return False
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+        size = len(batch["ids"])
+        if self.automatic_optimization:
+            out = self.loss_fn(*self._embed(batch))
+            if not self._check_finite(out, batch):
+                return None
+        else:
+            opt = self.optimizers()
+            opt.zero_grad()
+            out = cached_contrastive_backward(
+                lambda features: self.encoder(features, "query"),
+                lambda features: self.encoder(features, "passage"),
+                batch["query"],
+                batch["passage"],
+                batch.get("negatives"),
+                chunk_size=self.hparams.grad_cache_chunk_size,
+                loss_fn=self.loss_fn,
+                backward_fn=self.manual_backward,
+            )
+            if self._check_finite(out, batch):
+                if self.hparams.max_grad_norm:
+                    self.clip_gradients(opt, gradient_clip_val=self.hparams.max_grad_norm, gradient_clip_algorithm="norm")
+                opt.step()
+                self.lr_schedulers().step()
+        mono = float(batch["query_lang"] == batch["passage_lang"] and len(set(batch["query_lang"])) == 1)
+        self.log("train/loss", out.loss.detach(), prog_bar=True, batch_size=size)
+        self.log("train/accuracy", out.accuracy, batch_size=size)
+        self.log("train/mono_batch", mono, batch_size=size)
+        return out.loss if self.automatic_optimization else None
+
+    # --- held-out evaluation ------------------------------------------------------------------
+    def _held_out_step(self, batch: dict[str, Any], split: str) -> None:
+        out = self.loss_fn(*self._embed(batch))
+        self.log(f"{split}/loss", out.loss, sync_dist=True, batch_size=len(batch["ids"]))
+        self.log(f"{split}/accuracy", out.accuracy, sync_dist=True, batch_size=len(batch["ids"]))
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._held_out_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._held_out_step(batch, "test")
+
+    def _benchmark_metrics(self, split: str) -> dict[str, float]:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        bench = getattr(datamodule, f"{split}_benchmark", None)
+        if bench is None:
+            return {}
+        from hybatch.evaluation.lareqa import evaluate_lareqa
+
+        metrics = evaluate_lareqa(bench, self.encoder, batch_size=self.hparams.eval_batch_size, progress=False)
+        return {f"{split}/{k}": v for k, v in metrics.items()}
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        metrics = self._benchmark_metrics("val")
+        self.log_dict({f"val/{k}": v for k, v in _loggable({k[4:]: v for k, v in metrics.items()}).items()})
+
+    def on_test_epoch_end(self) -> None:
+        self.test_metrics = self._benchmark_metrics("test")
+        self.log_dict({f"test/{k}": v for k, v in _loggable({k[5:]: v for k, v in self.test_metrics.items()}).items()})
+
+    # --- optimisation -------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        decay, no_decay = [], []
+        for param in self.encoder.parameters():
+            if not param.requires_grad:
+                continue
+            # Biases and normalisation weights are conventionally not decayed.
+            (no_decay if param.ndim < 2 else decay).append(param)
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.hparams.lr,
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = self.hparams.warmup
+        warmup_steps = int(math.ceil(warmup * total)) if warmup < 1 else int(warmup)
+        scheduler = get_linear_schedule_with_warmup(optimizer, warmup_steps, total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # --- checkpoints --------------------------------------------------------------------------
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        _check_same_backbone(checkpoint, self.encoder, "<checkpoint>")
+
+
+def _check_same_backbone(checkpoint: dict[str, Any], encoder: DualEncoder, path: str | os.PathLike) -> None:
+    hparams = checkpoint.get("hyper_parameters", {})
+    trained = hparams.get("backbone")
+    if trained is not None and trained != encoder.name_or_path:
+        raise CheckpointMismatchError(
+            f"{path} was trained with backbone {trained!r}, but the configured model is "
+            f"{encoder.name_or_path!r}; choose the matching model= config"
+        )
+    ours = {k: v.shape for k, v in encoder.state_dict().items()}
+    theirs = {k.removeprefix("encoder."): v.shape for k, v in checkpoint["state_dict"].items() if k.startswith("encoder.")}
+    if ours != theirs:
+        missing = sorted(set(ours) - set(theirs))[:3]
+        unexpected = sorted(set(theirs) - set(ours))[:3]
+        shapes = [k for k in set(ours) & set(theirs) if ours[k] != theirs[k]][:3]
+        raise CheckpointMismatchError(
+            f"{path} does not fit the configured encoder {encoder.name_or_path!r}: missing {missing}, "
+            f"unexpected {unexpected}, different shapes {shapes}"
+        )
+
+
+def load_encoder_weights(encoder: DualEncoder, ckpt_path: str | os.PathLike) -> DualEncoder:
+    """Load a training checkpoint's encoder weights (tensors only: no code runs while loading)."""
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    _check_same_backbone(checkpoint, encoder, ckpt_path)
+    encoder.load_state_dict({k.removeprefix("encoder."): v for k, v in checkpoint["state_dict"].items() if k.startswith("encoder.")})
+    return encoder

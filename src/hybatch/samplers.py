@@ -1,0 +1,301 @@
+"""Batch samplers that decide the language composition of every training batch.
+
+The paper's three strategies differ only in how a batch is composed:
+
+* monolingual ("X-X-mono"): one language for the whole batch, queries and passages alike;
+* cross-lingual ("X-Y"): every pair has query language != passage language;
+* hybrid: monolingual with probability ``alpha``, else cross-lingual.
+
+What an epoch is: every dataset's example ids are shuffled (seeded by ``(seed, epoch)``) and cut
+into GLOBAL batches of ``batch_size * world_size`` ids; each id is used once per epoch, in the
+language or language pair its batch drew. The ``len(ids) % global_batch`` ids left over (a
+different subset every epoch) are not used that epoch; their count is logged. Batches of all
+datasets are then shuffled together, so each dataset contributes in proportion to its size
+(``dataset_weights`` draws the dataset of each batch from fixed weights instead).
+
+Every random choice is drawn from a generator keyed by ``(seed, epoch, batch index, purpose)``:
+the plan is a pure function of those numbers, so all ranks of a distributed run compute the same
+global batch and take their own slice, a run resumes mid-epoch from two integers, and the
+hybrid sampler with alpha=1 (alpha=0) reproduces the monolingual (cross-lingual) sampler exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
+from torch.utils.data import Sampler
+
+log = logging.getLogger(__name__)
+
+BatchKind = Literal["mono", "cross"]
+_ORDER, _KIND, _MONO, _CROSS, _WEIGHTED = range(5)
+
+
+class SamplerConfigError(ValueError):
+    """A sampler was configured with values it cannot honour."""
+
+
+class BatchItem(NamedTuple):
+    """One training pair: which example, in which query and passage language."""
+
+    example: int
+    query_lang: str
+    passage_lang: str
+
+
+@dataclass(frozen=True)
+class DatasetGroup:
+    """The examples of one training dataset and the languages they all have."""
+
+    examples: Sequence[int]
+    languages: Sequence[str]
+    language_counts: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PlannedBatch:
+    """A global batch: its type, dataset and every (example, query language, passage language)."""
+
+    kind: BatchKind
+    dataset: str
+    items: list[BatchItem]
+
+
+def language_weights(group: DatasetGroup, weighting: str, temperature: float) -> np.ndarray:
+    """Sampling probabilities of a dataset's languages.
+
+    ``size`` and ``temperature`` weight a language by its example count n as n**(1/T) (T=1 for
+    ``size``), the usual multilingual up-sampling of small languages.
+    """
+    if weighting == "uniform":
+        return np.full(len(group.languages), 1.0 / len(group.languages))
+    if weighting not in ("size", "temperature"):
+        raise SamplerConfigError(f"sampler.language_weighting={weighting!r}: expected uniform, size or temperature")
+    if temperature <= 0:
+        raise SamplerConfigError(f"sampler.temperature={temperature}: expected > 0")
+    t = 1.0 if weighting == "size" else temperature
+    counts = np.array([group.language_counts.get(lang, len(group.examples)) for lang in group.languages], dtype=float)
+    w = counts ** (1.0 / t)
+    return w / w.sum()
+
+
+class ParallelBatchSampler(Sampler[list[BatchItem]], ABC):
+    """Yields this rank's slice of each planned global batch as a list of `BatchItem`.
+
+    Subclasses only decide the type of each batch (`batch_kind`). Use with
+    ``DataLoader(batch_sampler=...)`` and Lightning's ``use_distributed_sampler=False``.
+    """
+
+    def __init__(
+        self,
+        groups: Mapping[str, DatasetGroup],
+        batch_size: int,
+        seed: int = 0,
+        world_size: int = 1,
+        rank: int = 0,
+        language_weighting: str = "uniform",
+        temperature: float = 1.0,
+        pair_mode: Literal["example", "batch"] = "example",
+        dataset_weights: Mapping[str, float] | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise SamplerConfigError(f"data.batch_size={batch_size}: expected >= 1")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise SamplerConfigError(f"rank {rank} / world size {world_size}: expected 0 <= rank < world_size")
+        if pair_mode not in ("example", "batch"):
+            raise SamplerConfigError(f"sampler.pair_mode={pair_mode!r}: expected 'example' or 'batch'")
+        if not groups:
+            raise SamplerConfigError("no training datasets were given to the sampler")
+        self.groups = dict(sorted(groups.items()))
+        self.batch_size = batch_size
+        self.global_batch_size = batch_size * world_size
+        self.seed = seed
+        self.world_size = world_size
+        self.rank = rank
+        self.pair_mode = pair_mode
+        for name, group in self.groups.items():
+            if len(group.examples) < self.global_batch_size:
+                raise SamplerConfigError(
+                    f"dataset {name!r} has {len(group.examples)} examples, fewer than one global batch "
+                    f"(data.batch_size={batch_size} x world size {world_size}); lower data.batch_size"
+                )
+            if not group.languages:
+                raise SamplerConfigError(f"dataset {name!r} has no training language")
+            if self.may_draw("cross") and len(group.languages) < 2:
+                raise SamplerConfigError(
+                    f"{type(self).__name__} draws cross-lingual batches, but dataset {name!r} has only the "
+                    f"language(s) {list(group.languages)}; cross-lingual pairs need at least two"
+                )
+        self._weights = {
+            name: language_weights(g, language_weighting, temperature) for name, g in self.groups.items()
+        }
+        self.dataset_weights = self._normalise_dataset_weights(dataset_weights)
+        self.epoch = 0
+        self._next_batch = 0
+        dropped = {n: len(g.examples) % self.global_batch_size for n, g in self.groups.items()}
+        if any(dropped.values()):
+            log.info("each epoch leaves out %s example ids (incomplete last global batch, reshuffled every epoch)", dropped)
+
+    # --- what subclasses decide -------------------------------------------------------------
+    @abstractmethod
+    def batch_kind(self, rng: np.random.Generator) -> BatchKind:
+        """The type of one batch, drawn from its own generator."""
+
+    @abstractmethod
+    def may_draw(self, kind: BatchKind) -> bool:
+        """Whether this sampler ever yields batches of `kind` (checked against the data up front)."""
+
+    # --- the plan ---------------------------------------------------------------------------
+    def _normalise_dataset_weights(self, weights: Mapping[str, float] | None) -> dict[str, float] | None:
+        if weights is None:
+            return None
+        unknown = set(weights) - set(self.groups)
+        missing = set(self.groups) - set(weights)
+        if unknown or missing:
+            raise SamplerConfigError(
+                f"sampler.dataset_weights: unknown datasets {sorted(unknown)}, missing {sorted(missing)}; "
+                f"datasets are {sorted(self.groups)}"
+            )
+        if any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
+            raise SamplerConfigError(f"sampler.dataset_weights={dict(weights)}: expected non-negative, not all zero")
+        total = sum(weights.values())
+        return {name: weights[name] / total for name in self.groups}
+
+    def _rng(self, epoch: int, batch: int, purpose: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, epoch, batch, purpose])
+
+    def __len__(self) -> int:
+        """Global batches per epoch (the same on every rank)."""
+        return sum(len(g.examples) // self.global_batch_size for g in self.groups.values())
+
+    def epoch_chunks(self, epoch: int) -> list[tuple[str, np.ndarray]]:
+        """The dataset and example ids of every global batch of an epoch, in order."""
+        rng = self._rng(epoch, 0, _ORDER)
+        g = self.global_batch_size
+        if self.dataset_weights is None:
+            chunks = []
+            for name, group in self.groups.items():
+                perm = rng.permutation(np.asarray(group.examples))
+                chunks += [(name, perm[i * g : (i + 1) * g]) for i in range(len(perm) // g)]
+            return [chunks[i] for i in rng.permutation(len(chunks))]
+        names = list(self.groups)
+        draws = rng.choice(len(names), size=len(self), p=[self.dataset_weights[n] for n in names])
+        pools: dict[str, np.ndarray] = {}
+        cursor: dict[str, int] = {}
+        chunks = []
+        for d in draws:
+            name = names[d]
+            if name not in pools or cursor[name] + g > len(pools[name]):
+                # A fresh permutation rather than wrapping around: no id twice in one batch.
+                pools[name] = rng.permutation(np.asarray(self.groups[name].examples))
+                cursor[name] = 0
+            chunks.append((name, pools[name][cursor[name] : cursor[name] + g]))
+            cursor[name] += g
+        return chunks
+
+    def compose(self, epoch: int, index: int, dataset: str, ids: np.ndarray) -> PlannedBatch:
+        """Draw the type and languages of global batch `index` of `epoch`."""
+        group = self.groups[dataset]
+        langs = list(group.languages)
+        weights = self._weights[dataset]
+        kind = self.batch_kind(self._rng(epoch, index, _KIND))
+        if kind == "mono":
+            lang = langs[self._rng(epoch, index, _MONO).choice(len(langs), p=weights)]
+            return PlannedBatch(kind, dataset, [BatchItem(int(i), lang, lang) for i in ids])
+        rng = self._rng(epoch, index, _CROSS)
+        n = 1 if self.pair_mode == "batch" else len(ids)
+        q = rng.choice(len(langs), size=n, p=weights)
+        p = np.empty_like(q)
+        for j, qi in enumerate(q):
+            # The passage language from the same weights, renormalised without the query's.
+            w = weights.copy()
+            w[qi] = 0.0
+            p[j] = rng.choice(len(langs), p=w / w.sum())
+        if self.pair_mode == "batch":
+            q, p = np.repeat(q, len(ids)), np.repeat(p, len(ids))
+        return PlannedBatch(kind, dataset, [BatchItem(int(i), langs[a], langs[b]) for i, a, b in zip(ids, q, p)])
+
+    def plan(self, epoch: int) -> Iterator[PlannedBatch]:
+        """Every global batch of an epoch."""
+        for index, (dataset, ids) in enumerate(self.epoch_chunks(epoch)):
+            yield self.compose(epoch, index, dataset, ids)
+
+    def local_slice(self, batch: PlannedBatch) -> list[BatchItem]:
+        return batch.items[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+
+    def __iter__(self) -> Iterator[list[BatchItem]]:
+        epoch, start = self.epoch, self._next_batch
+        chunks = self.epoch_chunks(epoch)
+        for index in range(start, len(chunks)):
+            dataset, ids = chunks[index]
+            self._next_batch = index + 1
+            yield self.local_slice(self.compose(epoch, index, dataset, ids))
+        self._next_batch = 0
+
+    # --- epochs and resumption --------------------------------------------------------------
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning before every epoch; a resumed epoch keeps its position."""
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self._next_batch = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "next_batch": self._next_batch,
+            "seed": self.seed,
+            "global_batch_size": self.global_batch_size,
+            "world_size": self.world_size,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue exactly where `state` left off; refuses a state from a different global batch."""
+        for key in ("seed", "global_batch_size", "world_size"):
+            if state[key] != getattr(self, key):
+                raise SamplerConfigError(
+                    f"cannot resume the batch sampler: the checkpoint has {key}={state[key]}, this run "
+                    f"{getattr(self, key)}; resume with the same seed, data.batch_size and number of devices"
+                )
+        self.epoch = int(state["epoch"])
+        self._next_batch = int(state["next_batch"])
+
+
+class MonolingualBatchSampler(ParallelBatchSampler):
+    """Every batch in one language ("X-X-mono")."""
+
+    def batch_kind(self, rng: np.random.Generator) -> BatchKind:
+        return "mono"
+
+    def may_draw(self, kind: BatchKind) -> bool:
+        return kind == "mono"
+
+
+class CrossLingualBatchSampler(ParallelBatchSampler):
+    """Every pair with query language != passage language ("X-Y")."""
+
+    def batch_kind(self, rng: np.random.Generator) -> BatchKind:
+        return "cross"
+
+    def may_draw(self, kind: BatchKind) -> bool:
+        return kind == "cross"
+
+
+class HybridBatchSampler(ParallelBatchSampler):
+    """Monolingual batches with probability `alpha`, cross-lingual otherwise (the paper: 0.5)."""
+
+    def __init__(self, groups: Mapping[str, DatasetGroup], batch_size: int, alpha: float = 0.5, **kwargs: Any) -> None:
+        if not 0.0 <= alpha <= 1.0:
+            raise SamplerConfigError(f"sampler.alpha={alpha}: expected a probability in [0, 1]")
+        self.alpha = alpha
+        super().__init__(groups, batch_size, **kwargs)
+
+    def batch_kind(self, rng: np.random.Generator) -> BatchKind:
+        return "mono" if rng.random() < self.alpha else "cross"
+
+    def may_draw(self, kind: BatchKind) -> bool:
+        return self.alpha > 0 if kind == "mono" else self.alpha < 1

@@ -1,0 +1,100 @@
+"""What `train.py` runs: fit, test, export, write metrics.json."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from hybatch.collate import PairCollator
+from hybatch.module import load_encoder_weights
+from hybatch.run_info import write_run_info
+
+log = logging.getLogger(__name__)
+
+
+def instantiate_dict(cfg: DictConfig | None) -> list[Any]:
+    """Instantiate every `_target_` entry of a config group that is a dict of named objects."""
+    if not cfg:
+        return []
+    return [instantiate(c) for c in cfg.values() if isinstance(c, DictConfig) and "_target_" in c]
+
+
+def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
+    """`last` means this run dir's last checkpoint (absent on a first run: start from scratch)."""
+    if ckpt_path != "last":
+        if ckpt_path is not None and not Path(ckpt_path).is_file():
+            raise FileNotFoundError(f"ckpt_path={ckpt_path!r} does not exist")
+        return ckpt_path
+    last = output_dir / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        return str(last)
+    log.info("ckpt_path=last but %s does not exist yet: starting from scratch", last)
+    return None
+
+
+def write_metrics(path: Path, metrics: dict[str, float]) -> None:
+    """Flat `split/setting/metric` keys, sorted; non-finite values become null (valid JSON)."""
+    clean = {k: (v if math.isfinite(v) else None) for k, v in sorted(metrics.items())}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(clean, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def run_training(cfg: DictConfig) -> float | None:
+    """Fit, test the best checkpoint, export the encoder; returns `cfg.optimized_metric`."""
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_run_info(cfg, output_dir)
+    pl.seed_everything(cfg.seed, workers=True)
+
+    encoder = instantiate(cfg.model)
+    datamodule = instantiate(cfg.data, sampler=instantiate(cfg.sampler), collator=PairCollator.from_encoder(encoder), seed=cfg.seed)
+    module = instantiate(cfg.module, encoder=encoder)
+    callbacks = instantiate_dict(cfg.get("callbacks"))
+    loggers = instantiate_dict(cfg.get("logger"))
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for lg in loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path"), output_dir))
+
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if best:
+        # Test and export the selected checkpoint, not whatever the last step left.
+        load_encoder_weights(encoder, best)
+        log.info("best checkpoint: %s", best)
+    if cfg.get("test") and datamodule.data.test is not None:
+        trainer.test(module, datamodule=datamodule)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
+        metrics.update(module.test_metrics)
+    if trainer.is_global_zero:
+        if cfg.get("export_model"):
+            encoder.save_pretrained(output_dir / "model")
+            log.info("exported the encoder to %s", output_dir / "model")
+        write_metrics(output_dir / "metrics.json", metrics)
+    _finish_wandb(loggers)
+
+    name = cfg.get("optimized_metric")
+    if name is None:
+        return None
+    if name not in metrics:
+        raise KeyError(f"optimized_metric={name!r} is not among the run's metrics: {sorted(metrics)[:20]}...")
+    return metrics[name]
+
+
+def _finish_wandb(loggers: list[Any]) -> None:
+    """Close the W&B run so the next run of a multirun starts its own."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    if any(isinstance(lg, WandbLogger) for lg in loggers):
+        import wandb
+
+        wandb.finish()
