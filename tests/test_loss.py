@@ -7,7 +7,6 @@ import socket
 from collections.abc import Sequence
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 import torch.distributed as dist
@@ -73,7 +72,9 @@ P = [[2.0, 1.0], [0.0, 1.0]]
 N = [[1.0, -0.1]]
 
 
-def hand_loss(queries: Sequence[Sequence[float]], candidates: Sequence[Sequence[float]], t: float):
+def hand_loss(
+    queries: Sequence[Sequence[float]], candidates: Sequence[Sequence[float]], t: float
+) -> tuple[float, float, list[list[float]]]:
     """Plain-python InfoNCE: returns (mean loss, accuracy, score matrix)."""
 
     def cos(a: Sequence[float], b: Sequence[float]) -> float:
@@ -146,7 +147,11 @@ def test_split_inputs() -> None:
 
 
 def uncached_step(
-    model: nn.Module, queries: dict[str, Tensor], passages: dict[str, Tensor], chunk_size: int, temperature: float
+    model: nn.Module,
+    queries: dict[str, Tensor],
+    passages: dict[str, Tensor],
+    chunk_size: int,
+    temperature: float,
 ) -> tuple[float, dict[str, Tensor]]:
     """Reference: one graph over the whole batch. Embeds in the same chunks and order as the cached
     step so that active dropout draws the same masks; the gradient itself comes from a single backward."""
@@ -187,32 +192,39 @@ def test_cached_gradients_match_uncached_with_dropout(chunk_size: int, with_nega
     assert not torch.allclose(other["proj.weight"], want["proj.weight"], atol=1e-4)
 
 
-class _ManualModule(L.LightningModule):
-    """Drives `cached_contrastive_backward` through Lightning's `manual_backward`."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.automatic_optimization = False
-        self.encoder = encoder(dropout=0.0)
-        self.loss_fn = ContrastiveLoss(temperature=0.05)
-        self.seen: dict[str, Tensor] = {}
-
-    def training_step(self, batch: tuple[dict[str, Tensor], dict[str, Tensor]], batch_idx: int) -> None:
-        queries, passages = batch
-        out = cached_contrastive_backward(
-            lambda c: self.encoder(**c), queries, passages, 3, self.loss_fn, backward_fn=self.manual_backward
-        )
-        self.seen = {"loss": out.loss, **grads(self.encoder)}
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=0.0)
-
-
 def test_cached_backward_through_lightning_manual_backward() -> None:
+    # Imported here: the DDP test's spawned workers re-import this module and need not pay for Lightning.
+    import lightning as L
+
+    class ManualModule(L.LightningModule):
+        """Drives `cached_contrastive_backward` through Lightning's `manual_backward`."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+            self.encoder = encoder(dropout=0.0)
+            self.loss_fn = ContrastiveLoss(temperature=0.05)
+            self.seen: dict[str, Tensor] = {}
+
+        def training_step(self, batch: tuple[dict[str, Tensor], dict[str, Tensor]], batch_idx: int) -> None:
+            queries, passages = batch
+            out = cached_contrastive_backward(
+                lambda c: self.encoder(**c),
+                queries,
+                passages,
+                3,
+                self.loss_fn,
+                backward_fn=self.manual_backward,
+            )
+            self.seen = {"loss": out.loss, **grads(self.encoder)}
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
     queries, passages = make_inputs(4, seed=3), make_inputs(8, seed=4)
-    module = _ManualModule()
+    module = ManualModule()
     trainer = L.Trainer(
-        max_steps=1,
+        max_epochs=1,  # not max_steps: manual optimisation counts steps only on optimizer.step()
         accelerator="cpu",
         logger=False,
         enable_checkpointing=False,
@@ -238,7 +250,9 @@ def global_batch(sizes: Sequence[int]) -> tuple[dict[str, Tensor], dict[str, Ten
     return make_inputs(n, seed=5), make_inputs(n, seed=6), make_inputs(n * H, seed=7)
 
 
-def local_slice(inputs: dict[str, Tensor], sizes: Sequence[int], rank: int, rows_per_example: int = 1):
+def local_slice(
+    inputs: dict[str, Tensor], sizes: Sequence[int], rank: int, rows_per_example: int = 1
+) -> dict[str, Tensor]:
     start = sum(sizes[:rank]) * rows_per_example
     return {k: v[start : start + sizes[rank] * rows_per_example] for k, v in inputs.items()}
 

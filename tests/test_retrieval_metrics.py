@@ -9,7 +9,12 @@ import pytrec_eval
 import torch
 from sklearn.metrics import average_precision_score
 
-from hybatch.retrieval import pad_relevance, ranked_list_metrics, ranking_metrics, ranking_metrics_from_embeddings
+from hybatch.retrieval import (
+    pad_relevance,
+    ranked_list_metrics,
+    ranking_metrics,
+    ranking_metrics_from_embeddings,
+)
 
 
 def _random_case(seed: int, n_queries: int = 40, pool: int = 60, levels: int | None = None, max_rel: int = 5):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor
@@ -17,19 +16,27 @@ def tokenize(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], prefix: s
     )
 
 
-@dataclass
 class PairCollator:
     """Tokenizes what `PairDataset` returns; picklable, so it runs in DataLoader workers.
 
     Hard negatives of all examples are concatenated: every query sees every passage and every
-    negative of the batch as a candidate, so their count per example may differ.
+    negative of the batch as a candidate, so their count per example may differ. (A plain class,
+    not a dataclass: Hydra would turn a dataclass argument into a config.)
     """
 
-    tokenizer: PreTrainedTokenizerBase
-    query_prefix: str
-    passage_prefix: str
-    query_max_length: int
-    passage_max_length: int
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        query_prefix: str,
+        passage_prefix: str,
+        query_max_length: int,
+        passage_max_length: int,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.query_prefix = query_prefix
+        self.passage_prefix = passage_prefix
+        self.query_max_length = query_max_length
+        self.passage_max_length = passage_max_length
 
     @classmethod
     def from_encoder(cls, encoder: Any) -> PairCollator:

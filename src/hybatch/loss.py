@@ -8,7 +8,7 @@ its own positive is candidate i. Scores are cosine similarities divided by a tem
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -113,7 +113,9 @@ class ContrastiveLoss(nn.Module):
         self.temperature = temperature
         self.gather = gather
 
-    def forward(self, queries: Tensor, positives: Tensor, negatives: Tensor | None = None) -> ContrastiveOutput:
+    def forward(
+        self, queries: Tensor, positives: Tensor, negatives: Tensor | None = None
+    ) -> ContrastiveOutput:
         world = _world_size()
         if self.gather and world > 1:
             queries = gather_across_ranks(_ScaleGrad.apply(queries, world))
@@ -150,7 +152,7 @@ class _RngState:
         return cls(torch.get_rng_state(), devices, states)
 
     @contextmanager
-    def replay(self) -> Any:
+    def replay(self) -> Iterator[None]:
         """Run the block from this state, then give the generators back their state from before."""
         with torch.random.fork_rng(devices=self.cuda_devices):
             torch.set_rng_state(self.cpu)

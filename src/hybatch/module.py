@@ -60,7 +60,9 @@ class DualEncoderModule(pl.LightningModule):
         self.save_hyperparameters(ignore=["encoder"])
         self.hparams["backbone"] = encoder.name_or_path
         self.hparams["encoder_settings"] = encoder.settings()
-        self.encoder = encoder
+        # from_pretrained leaves models in eval mode and Lightning keeps module modes: without this,
+        # dropout would be off during training.
+        self.encoder = encoder.train()
         self.loss_fn = ContrastiveLoss(temperature=temperature, gather=gather_negatives)
         self.automatic_optimization = grad_cache_chunk_size is None
         self.test_metrics: dict[str, float] = {}

@@ -75,6 +75,8 @@ def run_training(cfg: DictConfig) -> float | None:
         trainer.test(module, datamodule=datamodule)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
         metrics.update(module.test_metrics)
+    if cfg.get("baseline") and datamodule.test_benchmark is not None and trainer.is_global_zero:
+        metrics.update(baseline_metrics(cfg, datamodule.test_benchmark))
     if trainer.is_global_zero:
         if cfg.get("export_model"):
             encoder.save_pretrained(output_dir / "model")
@@ -88,6 +90,16 @@ def run_training(cfg: DictConfig) -> float | None:
     if name not in metrics:
         raise KeyError(f"optimized_metric={name!r} is not among the run's metrics: {sorted(metrics)[:20]}...")
     return metrics[name]
+
+
+def baseline_metrics(cfg: DictConfig, benchmark: Any) -> dict[str, float]:
+    """The configured backbone, untrained, on the same test benchmark: what training bought."""
+    from hybatch.evaluation.lareqa import evaluate_lareqa
+
+    log.info("evaluating the untrained backbone on the test split (baseline)")
+    fresh = instantiate(cfg.model)
+    metrics = evaluate_lareqa(benchmark, fresh, batch_size=cfg.module.eval_batch_size, progress=True)
+    return {f"baseline/test/{k}": v for k, v in metrics.items()}
 
 
 def _finish_wandb(loggers: list[Any]) -> None:

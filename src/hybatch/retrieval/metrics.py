@@ -17,7 +17,7 @@ Ties (documented choice, used consistently by every metric):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -126,12 +126,16 @@ def ranking_metrics_from_embeddings(
     layout = _GroupLayout.build(groups, group_names, pool_size)
     pool_t = (pool_emb if layout.order is None else pool_emb[layout.order]).float().T.contiguous()
     queries = query_emb.float()
+    for name, emb in (("query_emb", queries), ("pool_emb", pool_t)):
+        if not bool(torch.isfinite(emb).all()):
+            raise ValueError(f"{name} contains NaN or infinity")
 
     def chunks(size: int) -> Iterator[tuple[int, Tensor]]:
         for start in range(0, n_queries, size):
             yield start, queries[start : start + size] @ pool_t
 
-    return _run(chunks, n_queries, pool_size, relevant, layout, recall_at, ndcg_at, mrr_at, chunk_size, progress)
+    return _run(chunks, n_queries, pool_size, relevant, layout, recall_at, ndcg_at, mrr_at, chunk_size, progress,
+                check_finite=False)
 
 
 @dataclass
@@ -171,7 +175,20 @@ class _GroupLayout:
         return cls(names, bounds, groups, order, position)
 
 
-def _run(chunks, n_queries, pool_size, relevant, layout: _GroupLayout, recall_at, ndcg_at, mrr_at, chunk_size, progress):
+def _run(
+    chunks: Callable[[int], Iterator[tuple[int, Tensor]]],
+    n_queries: int,
+    pool_size: int,
+    relevant: Sequence[Sequence[int]] | Tensor,
+    layout: _GroupLayout,
+    recall_at: Sequence[int],
+    ndcg_at: Sequence[int],
+    mrr_at: Sequence[int],
+    chunk_size: int | None,
+    progress: bool,
+    check_finite: bool = True,
+) -> RankingMetrics:
+    """Drive `_chunk` over the query chunks that `chunks(size)` yields and assemble per-pool metrics."""
     rel = pad_relevance(relevant, pool_size)
     if rel.shape[0] != n_queries:
         raise ValueError(f"relevant has {rel.shape[0]} rows but there are {n_queries} queries")
@@ -181,7 +198,9 @@ def _run(chunks, n_queries, pool_size, relevant, layout: _GroupLayout, recall_at
     rel_col = safe if layout.position is None else layout.position[safe]
     width = rel.shape[1]
     if chunk_size is None:
-        chunk_size = max(1, min(1024, _MAX_BLOCK_ELEMENTS // max(1, width * max(pool_size, 1))))
+        widest = max(b - a for a, b in zip(layout.bounds[:-1], layout.bounds[1:], strict=True)) if pool_size else 1
+        # Bounded: the (C, R, group) comparisons, the (C, R, R) relevant-vs-relevant ones, the (C, N) scores.
+        chunk_size = max(1, min(256, _MAX_BLOCK_ELEMENTS // max(1, width * widest, width * width, pool_size)))
     n_groups = len(layout.names)
     pools = (*layout.names, "all")
     names = ["AP", *(f"R@{k}" for k in recall_at), *(f"nDCG@{k}" for k in ndcg_at), *(f"MRR@{k}" for k in mrr_at)]
@@ -195,7 +214,7 @@ def _run(chunks, n_queries, pool_size, relevant, layout: _GroupLayout, recall_at
     bar = tqdm(total=n_queries, desc="ranking metrics", unit="query", disable=not progress)
     for start, scores in chunks(chunk_size):
         stop = start + scores.shape[0]
-        if not bool(torch.isfinite(scores).all()):
+        if check_finite and not bool(torch.isfinite(scores).all()):
             raise ValueError(f"scores of queries {start}..{stop - 1} contain NaN or infinity")
         out = _chunk(scores, rel_col[start:stop], valid[start:stop], rel_group[start:stop], layout.bounds)
         rank[start:stop], rank_in_group[start:stop] = out["rank_all"], out["rank_own"]
@@ -229,11 +248,11 @@ def _run(chunks, n_queries, pool_size, relevant, layout: _GroupLayout, recall_at
 def _chunk(scores: Tensor, rel_col: Tensor, valid: Tensor, rel_group: Tensor, bounds: list[int]) -> dict[str, Tensor]:
     """Precision at each relevant item and its pessimistic rank, in its own group and in the whole pool."""
     s_rel = scores.gather(1, rel_col)  # (C, R): bit-identical to the pool scores they are compared with
-    per_group = torch.stack(
-        [(scores[:, None, lo:hi] >= s_rel[:, :, None]).sum(-1) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)],
-        dim=-1,
-    )  # (C, R, G): #items of each group scoring >= the relevant item
-    ge_all = per_group.sum(-1)
+    per_group = torch.empty(*s_rel.shape, len(bounds) - 1, dtype=torch.int32)  # (C, R, G)
+    for g, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        # #items of group g scoring >= each relevant item; int32 sums are ~2x faster than the default int64
+        per_group[:, :, g] = (scores[:, None, lo:hi] >= s_rel[:, :, None]).sum(-1, dtype=torch.int32)
+    ge_all = per_group.sum(-1, dtype=torch.int32)
     ge_own = per_group.gather(2, rel_group[:, :, None]).squeeze(2)
 
     s_i, s_j = s_rel[:, :, None], s_rel[:, None, :]

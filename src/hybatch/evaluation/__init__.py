@@ -1,0 +1,1 @@
+"""Benchmarks: LAReQA (XQuAD-R, MLQA-R) and MIRACL, and the `evaluate.py` runner."""

@@ -1,0 +1,128 @@
+"""What `evaluate.py` runs: encoder from `cfg.model` (+ `cfg.ckpt_path`), every configured benchmark,
+`metrics.json`, report files, printed tables, loggers.
+
+`cfg.benchmark` has one shape for one or many benchmarks: `benchmarks: {prefix: {_target_: ..., ...}}`
+plus command-line shortcuts (`languages`, `data_dir`, `candidate_text`) that, when not null, are
+copied into every benchmark entry that has that key.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import lightning.pytorch as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+
+from hybatch.evaluation.lareqa import LareqaTask
+from hybatch.evaluation.miracl import MiraclTask
+from hybatch.reports import (
+    finish_loggers,
+    lareqa_table,
+    log_results,
+    miracl_table,
+    pair_matrix,
+    write_lareqa_report,
+)
+from hybatch.retrieval.index import TextEncoder
+from hybatch.run_info import write_run_info
+from hybatch.training import instantiate_dict, write_metrics
+
+log = logging.getLogger(__name__)
+
+SHORTCUTS = ("languages", "data_dir", "candidate_text")
+
+
+class BenchmarkTask(Protocol):
+    """A configured benchmark (`LareqaTask`, `MiraclTask`)."""
+
+    name: str
+    languages: list[str]
+
+    def evaluate(self, encoder: TextEncoder, *, batch_size: int, work_dir: Path, progress: bool = True) -> dict[str, float]: ...
+
+
+def build_benchmarks(cfg: DictConfig) -> dict[str, BenchmarkTask]:
+    """Instantiate `cfg.benchmarks` after applying the shortcuts; the dict keys become metric prefixes."""
+    entries = cfg.get("benchmarks")
+    if not entries:
+        raise ValueError("benchmark.benchmarks is empty: choose benchmark=xquad_r, mlqa_r, miracl or all")
+    entries = OmegaConf.to_container(entries, resolve=True)
+    for key in SHORTCUTS:
+        value = cfg.get(key)
+        if value is None:
+            continue
+        targets = [name for name, entry in entries.items() if key in entry]
+        if not targets:
+            raise ValueError(f"benchmark.{key}={value}: none of the benchmarks {list(entries)} has a {key!r} setting")
+        if key == "data_dir" and len(entries) > 1:
+            raise ValueError(
+                f"benchmark.data_dir applies to a single benchmark; with {list(entries)} set "
+                "benchmark.benchmarks.<name>.data_dir for each"
+            )
+        for name in targets:
+            entries[name][key] = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+    tasks = {}
+    for name, entry in entries.items():
+        if not isinstance(entry, dict) or "_target_" not in entry:
+            raise ValueError(f"benchmark.benchmarks.{name}: expected a mapping with a _target_, got {entry!r}")
+        tasks[name] = instantiate(entry)
+    return tasks
+
+
+def run_evaluation(cfg: DictConfig) -> dict[str, float]:
+    """Evaluate `cfg.model` on every benchmark; returns the flat `<benchmark>/<setting>/<metric>` metrics."""
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_run_info(cfg, output_dir)
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+    tasks = build_benchmarks(cfg.benchmark)  # config errors surface before the model loads
+
+    encoder = instantiate(cfg.model)
+    if cfg.get("ckpt_path"):
+        from hybatch.module import load_encoder_weights
+
+        if not Path(cfg.ckpt_path).is_file():
+            raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path!r} does not exist")
+        load_encoder_weights(encoder, cfg.ckpt_path)
+        log.info("loaded encoder weights from %s", cfg.ckpt_path)
+    if isinstance(encoder, torch.nn.Module):
+        encoder.eval()
+
+    metrics: dict[str, float] = {}
+    results: dict[str, dict[str, float]] = {}
+    for name, task in tasks.items():
+        start = time.perf_counter()
+        results[name] = task.evaluate(encoder, batch_size=cfg.batch_size, work_dir=output_dir / name, progress=True)
+        log.info("%s evaluated in %.1f s", name, time.perf_counter() - start)
+        metrics.update({f"{name}/{k}": v for k, v in results[name].items()})
+        write_metrics(output_dir / "metrics.json", metrics)  # after each benchmark: a later failure keeps these
+
+    console = Console()
+    tables: dict[str, tuple[list[str], list[list[Any]]]] = {}
+    images: dict[str, Path] = {}
+    lareqa = {name: results[name] for name, task in tasks.items() if isinstance(task, LareqaTask)}
+    for name in lareqa:
+        languages = tasks[name].languages
+        files = write_lareqa_report(results[name], languages, output_dir / name, name)
+        images.update({f"{name}/{key}": path for key, path in files.items() if path.suffix == ".png"})
+        matrix = pair_matrix(results[name], languages)
+        tables[f"{name}/pair_mAP"] = (["query_lang", *languages], [[q, *row.tolist()] for q, row in zip(languages, matrix, strict=True)])
+        log.info("%s: wrote %s", name, ", ".join(str(p) for p in files.values()))
+    if lareqa:
+        console.print(lareqa_table(lareqa))
+    for name, task in tasks.items():
+        if isinstance(task, MiraclTask):
+            console.print(miracl_table(results[name], task.languages, title=name))
+
+    loggers = instantiate_dict(cfg.get("logger"))
+    if loggers:
+        log_results(loggers, metrics, tables, images)
+        finish_loggers(loggers)
+    return metrics
