@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
+from hydra.errors import InstantiationException
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import OmegaConf, open_dict
 from sklearn.metrics import average_precision_score
@@ -273,12 +274,15 @@ def test_runner_end_to_end(mlqa_like_dir, tmp_path):
 
 
 def test_benchmark_config_shapes_and_shortcut_errors(tmp_path):
-    cfg = _compose(["benchmark=all", f"paths.cache_dir={tmp_path}", "paths.output_dir=."])
+    with pytest.raises(InstantiationException, match="source=local needs data_dir"):
+        build_benchmarks(_compose(["benchmark=all", f"paths.cache_dir={tmp_path}", "paths.output_dir=."]).benchmark)
+    miracl_dir = f"benchmark.benchmarks.miracl.data_dir={tmp_path}"
+    cfg = _compose(["benchmark=all", miracl_dir, f"paths.cache_dir={tmp_path}", "paths.output_dir=."])
     tasks = build_benchmarks(cfg.benchmark)
     assert list(tasks) == ["xquad_r", "mlqa_r", "miracl"]
     assert tasks["mlqa_r"].languages == ["ar", "de", "en", "es", "hi", "vi", "zh"]
     cfg = _compose(["benchmark=all", "benchmark.languages=[en,de]", "benchmark.candidate_text=sentence_with_context",
-                    f"paths.cache_dir={tmp_path}", "paths.output_dir=."])
+                    miracl_dir, f"paths.cache_dir={tmp_path}", "paths.output_dir=."])
     tasks = build_benchmarks(cfg.benchmark)
     assert all(t.languages == ["en", "de"] for t in tasks.values())
     assert tasks["xquad_r"].candidate_text == tasks["mlqa_r"].candidate_text == "sentence_with_context"

@@ -70,3 +70,10 @@ def test_multirun_over_samplers(tmp_path, xquad_r_dir, cache_dir):
     )
     runs = sorted(p.parent for p in sweep.glob("*/metrics.json"))
     assert len(runs) == 3
+
+    from hybatch.report import write_report
+
+    markdown = write_report(sweep)
+    for sampler in ("zero-shot", "mono", "cross", "hybrid"):
+        assert f"| tiny | {sampler} |" in markdown
+    assert (sweep / "report.csv").is_file() and (sweep / "report.png").stat().st_size > 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
@@ -14,6 +15,27 @@ def tokenize(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], prefix: s
     return dict(
         tokenizer([prefix + t for t in texts], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     )
+
+
+ROLE_KEY = "role"
+
+
+def tag_role(features: dict[str, Tensor], role: str) -> dict[str, Tensor]:
+    """Add a per-row role tensor (0 query, 1 passage): it survives splitting a batch into chunks."""
+    rows = features["input_ids"].shape[0]
+    return {**features, ROLE_KEY: torch.full((rows,), 0 if role == "query" else 1)}
+
+
+def concat_features(a: dict[str, Tensor], b: dict[str, Tensor], pad_token_id: int) -> dict[str, Tensor]:
+    """Stack two tokenized batches row-wise, right-padding the shorter one."""
+    length = max(a["input_ids"].shape[1], b["input_ids"].shape[1])
+
+    def pad(features: dict[str, Tensor], key: str) -> Tensor:
+        x = features[key]
+        value = pad_token_id if key == "input_ids" else 0
+        return torch.nn.functional.pad(x, (0, length - x.shape[1]), value=value)
+
+    return {key: torch.cat([pad(a, key), pad(b, key)]) for key in a if key in b}
 
 
 class PairCollator:

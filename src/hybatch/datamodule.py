@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from hybatch.collate import PairCollator
@@ -47,12 +48,20 @@ class ResumableDataLoader(DataLoader):
     """A DataLoader whose position Lightning saves in checkpoints and restores on resume.
 
     The position is the number of batches the training loop has processed (`progress()`), not
-    what the sampler has handed out: workers and Lightning's fetcher read ahead.
+    what the sampler has handed out: workers and Lightning's fetcher read ahead. Every new
+    iterator first tells the batch sampler the epoch it is for (`epoch()`): Lightning 2.6 calls
+    `set_epoch` only on a loader's `sampler` and `batch_sampler.sampler`, never on the batch
+    sampler itself, and a position restored for the same epoch is kept.
     """
 
-    def __init__(self, *args: Any, progress: Callable[[], int], **kwargs: Any) -> None:
+    def __init__(self, *args: Any, progress: Callable[[], int], epoch: Callable[[], int], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._progress = progress
+        self._epoch = epoch
+
+    def __iter__(self) -> Iterator[Any]:
+        self.batch_sampler.set_epoch(self._epoch())
+        return super().__iter__()
 
     def state_dict(self) -> dict[str, Any]:
         return {**self.batch_sampler.state_dict(), "next_batch": self._progress()}
@@ -80,7 +89,10 @@ class RetrievalDataModule(pl.LightningDataModule):
     `source(data_dir=...)` loads the data (train / val / test corpora and, for LAReQA splits, the
     retrieval benchmarks of the held-out articles); `data_dir` is where its files are (None: the
     source downloads them into the cache). `sampler` is a partially configured batch sampler; the
-    data module completes it with the data, the batch size and this process's rank.
+    data module completes it with the data, the batch size and this process's rank. `hygiene`
+    (e.g. `BenchmarkHygiene`) refuses or drops training examples found in evaluation data.
+    Loaders draw their seeds from generators of their own, never from the global RNG, so that
+    creating an iterator does not change the dropout masks of training (exact resumption).
     """
 
     def __init__(
@@ -94,6 +106,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         num_hard_negatives: int = 0,
         seed: int = 0,
+        hygiene: Callable[[TrainingData], TrainingData] | None = None,
     ) -> None:
         super().__init__()
         if num_hard_negatives < 0:
@@ -107,6 +120,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.num_hard_negatives = num_hard_negatives
         self.seed = seed
+        self.hygiene = hygiene
         self.data: TrainingData | None = None
 
     # --- distributed context -----------------------------------------------------------------
@@ -117,17 +131,24 @@ class RetrievalDataModule(pl.LightningDataModule):
     def _processed_batches(self) -> int:
         return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed if self.trainer else 0
 
+    def _train_epoch(self) -> int:
+        # The epoch Lightning passes to `set_epoch`: epochs whose training part has ended.
+        return self.trainer.fit_loop.epoch_progress.current.processed if self.trainer else 0
+
     # --- data ---------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         if self.data is not None:
             return
-        self.data = self.source(data_dir=self.data_dir)
-        if len(self.data.train) == 0:
-            raise CorpusError("the training split is empty")
-        for name in ("val", "test"):
-            corpus = getattr(self.data, name)
-            if corpus is not None and len(corpus) == 0:
-                raise CorpusError(f"the {name} split is empty")
+        data = self.source(data_dir=self.data_dir)
+        for name in ("train", "val", "test"):
+            corpus = getattr(data, name)
+            if (corpus is None and name == "train") or (corpus is not None and len(corpus) == 0):
+                raise CorpusError(f"the {name} split is empty; check data.source")
+        if self.hygiene is not None:
+            data = self.hygiene(data)
+            if len(data.train) == 0:
+                raise CorpusError("no training example is left once those found in evaluation data are dropped")
+        self.data = data
         log.info(
             "training data: %d train / %s val / %s test examples; languages %s",
             len(self.data.train),
@@ -136,17 +157,26 @@ class RetrievalDataModule(pl.LightningDataModule):
             self.languages,
         )
 
+    def check(self) -> None:
+        """Load the data and build the training sampler once: a data or sampler error stops a run
+        before it writes anything (the distributed run checks again with its world size)."""
+        self.make_sampler("train")
+
     def make_sampler(self, split: str, world_size: int = 1, rank: int = 0, batch_size: int | None = None) -> ParallelBatchSampler:
         """The configured sampler over one split (also used by `hybatch.describe_batches`)."""
         self.setup()
         corpus: ParallelCorpus = getattr(self.data, split)
-        return self.sampler_factory(
-            groups=corpus.groups(self.languages, split),
-            batch_size=batch_size or self.batch_size,
-            seed=self.seed,
-            world_size=world_size,
-            rank=rank,
-        )
+        batch_size = batch_size or self.batch_size
+        groups = corpus.groups(self.languages, split)
+        for name, group in groups.items():
+            short = {lang: n for lang, n in group.language_counts.items() if lang in group.languages and n < batch_size * world_size}
+            if short:
+                raise CorpusError(
+                    f"{split} dataset {name!r}: language(s) {short} have fewer examples than one batch "
+                    f"(data.batch_size={batch_size} x {world_size} device(s)); lower data.batch_size or leave "
+                    f"them out of data.languages"
+                )
+        return self.sampler_factory(groups=groups, batch_size=batch_size, seed=self.seed, world_size=world_size, rank=rank)
 
     def _loader(self, corpus: ParallelCorpus, batch_sampler: Sampler, **kwargs: Any) -> DataLoader:
         if self.collator is None:
@@ -158,13 +188,14 @@ class RetrievalDataModule(pl.LightningDataModule):
             collate_fn=self.collator,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.seed),
             **kwargs,
         )
 
     def train_dataloader(self) -> DataLoader:
         world_size, rank = self._world()
         sampler = self.make_sampler("train", world_size, rank)
-        return self._loader(self.data.train, sampler, progress=self._processed_batches)
+        return self._loader(self.data.train, sampler, progress=self._processed_batches, epoch=self._train_epoch)
 
     def _held_out_loader(self, split: str) -> DataLoader | list:
         corpus = getattr(self.data, split)

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 from transformers import get_linear_schedule_with_warmup
 
+from hybatch.collate import ROLE_KEY, concat_features, tag_role
 from hybatch.encoder import DualEncoder
 from hybatch.loss import ContrastiveLoss, ContrastiveOutput, cached_contrastive_backward
 
@@ -74,6 +75,11 @@ class DualEncoderModule(pl.LightningModule):
         n = self.encoder(batch["negatives"], "passage") if "negatives" in batch else None
         return q, p, n
 
+    def _embed_role_tagged(self, features: dict[str, Tensor]) -> Tensor:
+        """Embed a chunk of gradient-cached inputs with the tower its `tag_role` tag names."""
+        role = "query" if int(features[ROLE_KEY][0]) == 0 else "passage"
+        return self.encoder(features, role)
+
     def _check_finite(self, out: ContrastiveOutput, batch: dict[str, Any]) -> bool:
         if torch.isfinite(out.loss).all():
             return True
@@ -99,15 +105,17 @@ class DualEncoderModule(pl.LightningModule):
         else:
             opt = self.optimizers()
             opt.zero_grad()
+            passages = batch["passage"]
+            if "negatives" in batch:
+                passages = concat_features(passages, batch["negatives"], self.encoder.tokenizer.pad_token_id)
             out = cached_contrastive_backward(
-                lambda features: self.encoder(features, "query"),
-                lambda features: self.encoder(features, "passage"),
-                batch["query"],
-                batch["passage"],
-                batch.get("negatives"),
+                self._embed_role_tagged,
+                tag_role(batch["query"], "query"),
+                tag_role(passages, "passage"),
                 chunk_size=self.hparams.grad_cache_chunk_size,
                 loss_fn=self.loss_fn,
                 backward_fn=self.manual_backward,
+                no_sync=getattr(self.trainer.model, "no_sync", None),
             )
             if self._check_finite(out, batch):
                 if self.hparams.max_grad_norm:
@@ -172,10 +180,13 @@ class DualEncoderModule(pl.LightningModule):
 
     # --- checkpoints --------------------------------------------------------------------------
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        _check_same_backbone(checkpoint, self.encoder, "<checkpoint>")
+        # Before Lightning copies any weight: a checkpoint of another backbone is refused by name.
+        _check_same_backbone(checkpoint, self.encoder, getattr(self._trainer, "ckpt_path", None) or "<checkpoint>")
 
 
 def _check_same_backbone(checkpoint: dict[str, Any], encoder: DualEncoder, path: str | os.PathLike) -> None:
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise CheckpointMismatchError(f"{path} is not a training checkpoint of this project: it has no 'state_dict'")
     hparams = checkpoint.get("hyper_parameters", {})
     trained = hparams.get("backbone")
     if trained is not None and trained != encoder.name_or_path:
@@ -197,7 +208,9 @@ def _check_same_backbone(checkpoint: dict[str, Any], encoder: DualEncoder, path:
 
 def load_encoder_weights(encoder: DualEncoder, ckpt_path: str | os.PathLike) -> DualEncoder:
     """Load a training checkpoint's encoder weights (tensors only: no code runs while loading)."""
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    from hybatch.callbacks import load_tensors_only
+
+    checkpoint = load_tensors_only(ckpt_path)
     _check_same_backbone(checkpoint, encoder, ckpt_path)
     encoder.load_state_dict({k.removeprefix("encoder."): v for k, v in checkpoint["state_dict"].items() if k.startswith("encoder.")})
     return encoder

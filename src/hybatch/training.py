@@ -12,8 +12,9 @@ import lightning.pytorch as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from hybatch.callbacks import AtomicCheckpointIO, ExactResume, StepCheckpoint, load_tensors_only
 from hybatch.collate import PairCollator
-from hybatch.module import load_encoder_weights
+from hybatch.module import _check_same_backbone, load_encoder_weights
 from hybatch.run_info import write_run_info
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,17 @@ def instantiate_dict(cfg: DictConfig | None) -> list[Any]:
     if not cfg:
         return []
     return [instantiate(c) for c in cfg.values() if isinstance(c, DictConfig) and "_target_" in c]
+
+
+def reliability_callbacks(cfg: DictConfig, output_dir: Path) -> list[pl.Callback]:
+    """Always on, whatever `callbacks=` says: exact resumption, and `last.ckpt` every N steps when asked."""
+    callbacks: list[pl.Callback] = [ExactResume()]
+    every = cfg.get("checkpoint_every_n_steps")
+    if every is not None and (not isinstance(every, int) or every < 1):
+        raise ValueError(f"checkpoint_every_n_steps={every!r}: expected a number of steps >= 1, or null")
+    if every:
+        callbacks.append(StepCheckpoint(output_dir / "checkpoints", every))
+    return callbacks
 
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
@@ -50,20 +62,28 @@ def write_metrics(path: Path, metrics: dict[str, float]) -> None:
 def run_training(cfg: DictConfig) -> float | None:
     """Fit, test the best checkpoint, export the encoder; returns `cfg.optimized_metric`."""
     output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    write_run_info(cfg, output_dir)
     pl.seed_everything(cfg.seed, workers=True)
 
+    # Everything that can be wrong with the inputs is found before the run writes anything.
     encoder = instantiate(cfg.model)
     datamodule = instantiate(cfg.data, sampler=instantiate(cfg.sampler), collator=PairCollator.from_encoder(encoder), seed=cfg.seed)
+    datamodule.check()
     module = instantiate(cfg.module, encoder=encoder)
-    callbacks = instantiate_dict(cfg.get("callbacks"))
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
+    if ckpt_path is not None:
+        # Memory-mapped: the tensors are not read, only the keys, shapes and hyperparameters.
+        _check_same_backbone(load_tensors_only(ckpt_path, mmap=True), encoder, ckpt_path)
+    callbacks = [*instantiate_dict(cfg.get("callbacks")), *reliability_callbacks(cfg, output_dir)]
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_run_info(cfg, output_dir)
     loggers = instantiate_dict(cfg.get("logger"))
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path"), output_dir))
+    # Tensors-only loading: a checkpoint can hold no code that runs when it is read.
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""

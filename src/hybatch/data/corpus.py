@@ -33,6 +33,7 @@ class ParallelExample:
     dataset: str
     translations: Mapping[str, Translation]
     article: str | None = None  # source document, for splits and overlap checks
+    origin: str | None = None  # "file:line" it was read from, for error messages
 
 
 @dataclass

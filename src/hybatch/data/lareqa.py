@@ -60,12 +60,14 @@ def _field(obj: object, key: str, kind: type, where: str):
 def load_lareqa_language(path: str | os.PathLike, lang: str) -> LareqaLanguage:
     """Parse one language file; errors name the file and the JSON path of the bad element."""
     path = Path(path)
+    data = path.read_bytes()
     try:
-        raw = json.loads(path.read_bytes().decode("utf-8"))
+        raw = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as err:
-        raise LareqaFormatError(f"{path}: not UTF-8 (byte offset {err.start})") from err
+        line = data.count(b"\n", 0, err.start) + 1
+        raise LareqaFormatError(f"{path}:{line}: not valid UTF-8 (byte offset {err.start}); expected UTF-8 JSON") from err
     except json.JSONDecodeError as err:
-        raise LareqaFormatError(f"{path}: invalid JSON at line {err.lineno} column {err.colno}: {err.msg}") from err
+        raise LareqaFormatError(f"{path}:{err.lineno}: invalid JSON at column {err.colno}: {err.msg}") from err
 
     questions: list[Question] = []
     candidates: list[Candidate] = []
@@ -84,7 +86,8 @@ def load_lareqa_language(path: str | os.PathLike, lang: str) -> LareqaLanguage:
                 )
             first = len(candidates)
             for s, text in enumerate(sentences):
-                candidates.append(Candidate(lang, title, paragraph_index, s, str(text), context))
+                # Some first sentences of the es, ru, th and tr files start with a BOM.
+                candidates.append(Candidate(lang, title, paragraph_index, s, str(text).lstrip("\ufeff"), context.lstrip("\ufeff")))
             for q, qa in enumerate(_field(para, "qas", list, where_p)):
                 where_q = f"{where_p}.qas[{q}]"
                 answers = _field(qa, "answers", list, where_q)

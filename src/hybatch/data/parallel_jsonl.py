@@ -11,6 +11,7 @@ One line per example id::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -64,7 +65,7 @@ def parse_example(record: object, where: str, default_dataset: str) -> ParallelE
     article = record.get("article")
     if article is not None and not isinstance(article, str):
         raise JsonlFormatError(f"{where}: 'article' must be a string")
-    return ParallelExample(str(record["id"]), dataset, parsed, article)
+    return ParallelExample(str(record["id"]), dataset, parsed, article, origin=where)
 
 
 def read_parallel_jsonl(paths: Iterable[str | os.PathLike]) -> ParallelCorpus:
@@ -100,9 +101,9 @@ def read_parallel_jsonl(paths: Iterable[str | os.PathLike]) -> ParallelCorpus:
 
 
 def load_parallel_jsonl(
-    train: Sequence[str],
-    val: Sequence[str] | None = None,
-    test: Sequence[str] | None = None,
+    train: str | Sequence[str],
+    val: str | Sequence[str] | None = None,
+    test: str | Sequence[str] | None = None,
     data_dir: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
 ) -> TrainingData:
@@ -112,13 +113,20 @@ def load_parallel_jsonl(
 
     def local(location: str) -> Path:
         if location.startswith(("http://", "https://")):
-            name = location.rstrip("/").rsplit("/", 1)[-1]
-            return resolve_files([name], None, location.replace(name, "{name}"), cache_dir, "parallel-jsonl")[name]
+            base, name = location.rstrip("/").rsplit("/", 1)
+            # One cache folder per URL: files of the same name from different places never collide.
+            folder = f"parallel-jsonl/{hashlib.sha256(location.encode()).hexdigest()[:16]}"
+            template = base.replace("{", "{{").replace("}", "}}") + "/{name}"
+            return resolve_files([name], None, template, cache_dir, folder)[name]
         path = Path(location).expanduser()
         return path if path.is_absolute() or data_dir is None else Path(data_dir).expanduser() / path
 
+    def as_list(files: str | Sequence[str] | None) -> list[str]:
+        # A single file given as a string, not a string's characters.
+        return [files] if isinstance(files, str) else list(files or [])
+
     corpora = {
-        split: read_parallel_jsonl([local(f) for f in files]) if files else None
+        split: read_parallel_jsonl([local(f) for f in as_list(files)]) if files else None
         for split, files in (("train", train), ("val", val), ("test", test))
     }
     return TrainingData(corpora["train"], corpora["val"], corpora["test"])

@@ -295,9 +295,11 @@ class LareqaTask:
         self.data_dir, self.cache_dir = data_dir, cache_dir
         self.url_template, self.cache_subdir = url_template, cache_subdir
         self.candidate_text = candidate_text
+        self._bench: LareqaBenchmark | None = None
 
-    def load(self) -> LareqaBenchmark:
-        return load_lareqa_benchmark(
+    def prepare(self) -> None:
+        """Find (or download) and parse the files now, so a data problem surfaces before any encoding."""
+        self._bench = load_lareqa_benchmark(
             self.name,
             self.languages,
             self.data_dir,
@@ -308,4 +310,6 @@ class LareqaTask:
         )
 
     def evaluate(self, encoder: TextEncoder, *, batch_size: int, work_dir: Path, progress: bool = True) -> dict[str, float]:
-        return evaluate_lareqa(self.load(), encoder, batch_size=batch_size, progress=progress)
+        if self._bench is None:
+            self.prepare()
+        return evaluate_lareqa(self._bench, encoder, batch_size=batch_size, progress=progress)

@@ -280,20 +280,41 @@ class MiraclTask:
             raise ValueError(f"benchmark {name}: MIRACL has no language {unknown}; it has {list(MIRACL_LANGUAGES)}")
         if index not in INDEX_KINDS:
             raise ValueError(f"benchmark {name}: index={index!r}: expected one of {INDEX_KINDS}")
+        if dtype not in ("float32", "float16"):
+            raise ValueError(f"benchmark {name}: dtype={dtype!r}: expected float32 or float16")
+        # Checked before any model is loaded: a missing dataset should not cost an encoder load.
+        if source == "local" and not data_dir:
+            raise ValueError(
+                f"benchmark {name}: source=local needs data_dir (benchmark.benchmarks.{name}.data_dir=<dir>, in the "
+                f"official or the flat layout), or use source=hf"
+            )
+        if source == "hf" and importlib.util.find_spec("datasets") is None:
+            raise ImportError(f"benchmark {name}: source=hf streams the corpus with `datasets`: pip install 'hybatch[miracl]'")
+        if source not in ("local", "hf"):
+            raise ValueError(f"benchmark {name}: source={source!r}: expected 'local' or 'hf'")
         self.name, self.languages = name, [str(lang) for lang in languages]
         self.data_dir, self.source, self.split, self.cache_dir = data_dir, source, split, cache_dir
         self.embeddings_dir, self.passage_template = embeddings_dir, passage_template
         self.top_k, self.index, self.index_options = top_k, index, dict(index_options or {})
         self.shard_size, self.dtype = shard_size, dtype
+        self._data: dict[str, MiraclLanguage] = {}
+
+    def prepare(self) -> None:
+        """Read every language's topics and qrels (and locate its corpus) before any encoding."""
+        self._data = {
+            lang: load_miracl_language(lang, self.data_dir, split=self.split, source=self.source, cache_dir=self.cache_dir)
+            for lang in self.languages
+        }
 
     def evaluate(self, encoder: TextEncoder, *, batch_size: int, work_dir: Path, progress: bool = True) -> dict[str, float]:
         """Per language, then the macro-average `mean/...`; shards go to `embeddings_dir` (default: under work_dir)."""
+        if not self._data:
+            self.prepare()
         out: dict[str, float] = {}
         root = Path(self.embeddings_dir) if self.embeddings_dir else Path(work_dir)
         for lang in self.languages:
-            data = load_miracl_language(lang, self.data_dir, split=self.split, source=self.source, cache_dir=self.cache_dir)
             metrics = evaluate_miracl_language(
-                data,
+                self._data[lang],
                 encoder,
                 root / lang,
                 passage_template=self.passage_template,

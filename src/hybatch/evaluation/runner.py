@@ -44,7 +44,11 @@ class BenchmarkTask(Protocol):
     name: str
     languages: list[str]
 
-    def evaluate(self, encoder: TextEncoder, *, batch_size: int, work_dir: Path, progress: bool = True) -> dict[str, float]: ...
+    def prepare(self) -> None:
+        """Locate / download and parse the data (no model needed)."""
+
+    def evaluate(self, encoder: TextEncoder, *, batch_size: int, work_dir: Path, progress: bool = True) -> dict[str, float]:
+        """Flat metrics without the benchmark prefix."""
 
 
 def build_benchmarks(cfg: DictConfig) -> dict[str, BenchmarkTask]:
@@ -53,6 +57,11 @@ def build_benchmarks(cfg: DictConfig) -> dict[str, BenchmarkTask]:
     if not entries:
         raise ValueError("benchmark.benchmarks is empty: choose benchmark=xquad_r, mlqa_r, miracl or all")
     entries = OmegaConf.to_container(entries, resolve=True)
+    if not isinstance(entries, dict):
+        raise ValueError(f"benchmark.benchmarks: expected a mapping name -> benchmark config, got {entries!r}")
+    for name, entry in entries.items():
+        if not isinstance(entry, dict) or "_target_" not in entry:
+            raise ValueError(f"benchmark.benchmarks.{name}: expected a mapping with a _target_, got {entry!r}")
     for key in SHORTCUTS:
         value = cfg.get(key)
         if value is None:
@@ -67,12 +76,8 @@ def build_benchmarks(cfg: DictConfig) -> dict[str, BenchmarkTask]:
             )
         for name in targets:
             entries[name][key] = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
-    tasks = {}
-    for name, entry in entries.items():
-        if not isinstance(entry, dict) or "_target_" not in entry:
-            raise ValueError(f"benchmark.benchmarks.{name}: expected a mapping with a _target_, got {entry!r}")
-        tasks[name] = instantiate(entry)
-    return tasks
+    # _convert_: plain lists and dicts reach the tasks, not ListConfig / DictConfig.
+    return {name: instantiate(entry, _convert_="all") for name, entry in entries.items()}
 
 
 def run_evaluation(cfg: DictConfig) -> dict[str, float]:
@@ -82,7 +87,9 @@ def run_evaluation(cfg: DictConfig) -> dict[str, float]:
     write_run_info(cfg, output_dir)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
-    tasks = build_benchmarks(cfg.benchmark)  # config errors surface before the model loads
+    tasks = build_benchmarks(cfg.benchmark)
+    for task in tasks.values():
+        task.prepare()  # config and data errors surface before the model loads and anything is encoded
 
     encoder = instantiate(cfg.model)
     if cfg.get("ckpt_path"):
@@ -123,6 +130,8 @@ def run_evaluation(cfg: DictConfig) -> dict[str, float]:
 
     loggers = instantiate_dict(cfg.get("logger"))
     if loggers:
+        for logger in loggers:
+            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         log_results(loggers, metrics, tables, images)
         finish_loggers(loggers)
     return metrics

@@ -64,13 +64,13 @@ def plot_per_language(metrics: Mapping[str, float], languages: Sequence[str], pa
     fig = Figure(figsize=(max(6.0, 0.6 * len(languages) + 2), 6.0))
     FigureCanvasAgg(fig)
     axes = fig.subplots(2, 1, sharex=True)
-    for ax, metric, colour in ((axes[0], "mAP", "tab:blue"), (axes[1], "lang_bias", "tab:orange")):
+    for ax, metric, colour, fmt in ((axes[0], "mAP", "tab:blue", ".3f"), (axes[1], "lang_bias", "tab:orange", ".1f")):
         values = [metrics.get(f"multi/{lang}/{metric}", math.nan) for lang in languages]
         bars = ax.bar(languages, values, color=colour)
-        ax.bar_label(bars, fmt="%.3f" if metric == "mAP" else "%.0f", fontsize=7)
+        ax.bar_label(bars, fmt=f"%{fmt}", fontsize=7)
         mean = metrics.get(f"multi/{metric}")
         if mean is not None:
-            ax.axhline(mean, color="black", linestyle="--", linewidth=1, label=f"macro-average {mean:.3f}")
+            ax.axhline(mean, color="black", linestyle="--", linewidth=1, label=f"macro-average {mean:{fmt}}")
             ax.legend(loc="lower right", fontsize=8)
         ax.set_ylabel(f"multi {metric}" + (" (lower is better)" if metric == "lang_bias" else ""))
     axes[1].set_xlabel("query language")
@@ -105,7 +105,7 @@ LAREQA_COLUMNS = (
 def lareqa_table(results: Mapping[str, Mapping[str, float]], title: str = "LAReQA") -> Table:
     """One row per benchmark: mAP mono / cross / multi, R@1 / R@1 / R@10 and language bias (lower is better)."""
     table = Table(title=title)
-    table.add_column("benchmark")
+    table.add_column("benchmark", no_wrap=True)
     for header, _ in LAREQA_COLUMNS:
         table.add_column(header, justify="right")
     for name, metrics in results.items():

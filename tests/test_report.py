@@ -1,0 +1,46 @@
+"""The sweep report: grouping by model and sampler, mean and std over seeds."""
+
+import json
+
+import pytest
+from omegaconf import OmegaConf
+
+from hybatch.report import collect, summarise, to_markdown, write_report
+
+
+def fake_run(root, name, model, sampler, seed, multi_map, alpha=None):
+    run = root / name
+    (run / ".hydra").mkdir(parents=True)
+    OmegaConf.save({"hydra": {"runtime": {"choices": {"model": model, "sampler": sampler}}}}, run / ".hydra" / "hydra.yaml")
+    OmegaConf.save({"seed": seed, "sampler": {"alpha": alpha}}, run / ".hydra" / "config.yaml")
+    metrics = {"test/multi/mAP": multi_map, "test/mono/mAP": 0.8, "test/multi/lang_bias": 10.0, "baseline/test/multi/mAP": 0.3}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_rows_average_seeds_and_add_the_zero_shot_baseline(tmp_path):
+    fake_run(tmp_path, "0", "me5", "mono", 1, 0.40)
+    fake_run(tmp_path, "1", "me5", "mono", 2, 0.50)
+    fake_run(tmp_path, "2", "me5", "hybrid", 1, 0.60, alpha=0.5)
+    found, rows = summarise(collect(tmp_path))
+    assert found == ["test/"]
+    by_sampler = {r["sampler"]: r for r in rows}
+    assert [r["sampler"] for r in rows] == ["zero-shot", "mono", "hybrid"]
+    assert by_sampler["mono"]["test/multi/mAP"] == pytest.approx(0.45)
+    assert by_sampler["mono"]["test/multi/mAP std"] == pytest.approx(0.0707107, rel=1e-5)
+    assert by_sampler["zero-shot"]["test/multi/mAP"] == pytest.approx(0.3)
+    markdown = to_markdown(found, rows)
+    assert "| me5 | mono | 2 |" in markdown and "0.450 ± 0.071" in markdown
+    write_report(tmp_path)
+    assert (tmp_path / "report.png").stat().st_size > 0
+
+
+def test_alpha_labels_appear_when_alpha_varies(tmp_path):
+    fake_run(tmp_path, "0", "me5", "hybrid", 1, 0.5, alpha=0.25)
+    fake_run(tmp_path, "1", "me5", "hybrid", 1, 0.6, alpha=0.75)
+    labels = {k.sampler for k in collect(tmp_path)}
+    assert {"hybrid (alpha=0.25)", "hybrid (alpha=0.75)"} <= labels
+
+
+def test_an_empty_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no metrics.json"):
+        collect(tmp_path)
