@@ -1,7 +1,7 @@
 """What resuming needs beyond Lightning's defaults: atomic, tensors-only checkpoints and exact state.
 
-Lightning restores the weights, optimiser, scheduler, loop counters and (through
-`ResumableDataLoader`) the sampler's position. It does not restore the global random number
+Lightning restores the weights, optimiser, scheduler and loop counters, and (through
+`RetrievalDataModule.state_dict`) the sampler's position. It does not restore the global random number
 generators, which dropout draws from, nor the metrics logged before the checkpoint; `ExactResume`
 adds both, so that a resumed run continues bit for bit where the interrupted one stopped.
 """
@@ -12,7 +12,7 @@ import logging
 import os
 import pickle
 import random
-import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,15 +28,6 @@ log = logging.getLogger(__name__)
 
 class CheckpointLoadError(RuntimeError):
     """A checkpoint file cannot be read as a tensors-only training checkpoint."""
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_FILE_MODE = 0o666 & ~_current_umask()
 
 
 def load_tensors_only(path: str | os.PathLike, map_location: Any = "cpu", mmap: bool = False) -> dict[str, Any]:
@@ -74,16 +65,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path.parent.mkdir(parents=True, exist_ok=True)
         for stale in path.parent.glob(f".{path.name}.*.tmp"):
             stale.unlink(missing_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        # O_EXCL: a fresh file; mode 0o666 minus the umask, like any file the user writes.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
             with os.fdopen(fd, "wb") as f:
                 torch.save(checkpoint, f)
                 f.flush()
                 os.fsync(f.fileno())
-            os.chmod(tmp, _FILE_MODE)
             os.replace(tmp, path)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise
         _fsync_dir(path.parent)
 
@@ -114,20 +106,19 @@ def _fsync_dir(directory: Path) -> None:
 class StepCheckpoint(ModelCheckpoint):
     """`last.ckpt` every `every_n_steps` optimiser steps, besides the per-validation checkpoints.
 
-    A long epoch then costs at most `every_n_steps` steps when the run dies. None or 0: never.
-    The version counter is off because the per-validation `ModelCheckpoint` writes `last.ckpt` too.
+    A long epoch then costs at most `every_n_steps` steps when the run dies. The version counter
+    is off because the per-validation `ModelCheckpoint` writes `last.ckpt` too.
     """
 
-    def __init__(self, dirpath: str | os.PathLike, every_n_steps: int | None = None) -> None:
-        if every_n_steps is not None and every_n_steps < 0:
-            raise ValueError(f"checkpoint_every_n_steps={every_n_steps}: expected a number of steps >= 1, or null")
+    def __init__(self, dirpath: str | os.PathLike, every_n_steps: int) -> None:
+        if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 1:
+            raise ValueError(f"checkpoint_every_n_steps={every_n_steps!r}: expected a number of steps >= 1, or null")
         super().__init__(
             dirpath=dirpath,
             monitor=None,
             save_top_k=0,
             save_last=True,
-            every_n_train_steps=every_n_steps or 0,
-            every_n_epochs=0,
+            every_n_train_steps=every_n_steps,
             enable_version_counter=False,
         )
 
@@ -157,36 +148,38 @@ def _set_rng_states(states: dict[str, Any]) -> None:
 class ExactResume(Callback):
     """Saves the global RNG states and the logged metrics in every checkpoint; restores them on resume.
 
-    Both are applied in `on_train_start`, after Lightning has restored everything else and built
-    the data iterators (the data loaders draw from generators of their own, so the global states
-    at that point are those of the interrupted run at its checkpoint). The restored metrics keep
-    `metrics.json` identical when no validation runs after the checkpoint. Under DDP every rank
-    resumes with rank 0's RNG state: equivalent, but not bit-identical, to an uninterrupted run.
+    The RNG states are set in `on_train_start`, after Lightning has restored everything else and
+    built the data iterators (the data loaders draw from generators of their own, so the global
+    states at that point are those of the interrupted run at its checkpoint). The metrics logged
+    before the checkpoint are kept in `resumed_metrics`, not put back into the trainer (callbacks
+    such as EarlyStopping would count them again): `run_training` writes them to `metrics.json`
+    under whatever the resumed run logs itself, so it matches an uninterrupted run's. Under DDP
+    every rank resumes with rank 0's RNG state: equivalent, not bit-identical, to an uninterrupted run.
     """
 
     KEY = "hybatch_exact_resume"
 
     def __init__(self) -> None:
-        self._restored: dict[str, Any] | None = None
+        self._rng: dict[str, Any] | None = None
+        self.resumed_metrics: dict[str, float] = {}
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
-        metrics = {
-            k: v.detach().float().cpu().clone()
-            for k, v in trainer.callback_metrics.items()
-            if isinstance(v, torch.Tensor) and v.numel() == 1
-        }
+        metrics = {**self.resumed_metrics}
+        metrics.update(
+            (k, float(v)) for k, v in trainer.callback_metrics.items() if isinstance(v, torch.Tensor) and v.numel() == 1
+        )
         checkpoint[self.KEY] = {"rng": _rng_states(), "metrics": metrics}
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
-        self._restored = checkpoint.get(self.KEY)
-        if self._restored is None:
+        state = checkpoint.get(self.KEY)
+        if state is None:
             log.warning("the checkpoint has no RNG states: the resumed run will not repeat the interrupted one exactly")
+            return
+        self._rng = state["rng"]
+        self.resumed_metrics = dict(state["metrics"])
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._restored is None:
-            return
-        _set_rng_states(self._restored["rng"])
-        for key, value in self._restored["metrics"].items():
-            trainer.callback_metrics.setdefault(key, value)
-        log.info("resumed with the checkpoint's RNG states and %d logged metrics", len(self._restored["metrics"]))
-        self._restored = None
+        if self._rng is not None:
+            _set_rng_states(self._rng)
+            self._rng = None
+            log.info("resumed with the checkpoint's RNG states")

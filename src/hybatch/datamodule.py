@@ -45,42 +45,61 @@ class PairDataset(Dataset):
 
 
 class ResumableDataLoader(DataLoader):
-    """A DataLoader whose position Lightning saves in checkpoints and restores on resume.
+    """A training DataLoader that places every new iterator itself: resumed position, else epoch start.
 
-    The position is the number of batches the training loop has processed (`progress()`), not
-    what the sampler has handed out: workers and Lightning's fetcher read ahead. Every new
-    iterator first tells the batch sampler the epoch it is for (`epoch()`): Lightning 2.6 calls
-    `set_epoch` only on a loader's `sampler` and `batch_sampler.sampler`, never on the batch
-    sampler itself, and a position restored for the same epoch is kept.
+    Its state is the sampler's epoch and the number of batches the training loop has processed
+    (`progress()`), not what the sampler has handed out: workers and Lightning's fetcher read ahead.
+    Lightning's own handling is not enough in 2.6: it calls `set_epoch` only on a loader's
+    `sampler` and `batch_sampler.sampler`, never on a batch sampler, and it restores loader states
+    only if the loader is built after the checkpoint is read, which `estimated_stepping_batches`
+    in `configure_optimizers` prevents. So the first iterator after `load_state_dict` continues
+    the saved position (an epoch whose batches were all processed continues with the next
+    epoch), and every other iterator starts epoch `epoch()` (Lightning's `current_epoch`).
     """
 
     def __init__(self, *args: Any, progress: Callable[[], int], epoch: Callable[[], int], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._progress = progress
         self._epoch = epoch
+        self._resume: dict[str, Any] | None = None
 
     def __iter__(self) -> Iterator[Any]:
-        self.batch_sampler.set_epoch(self._epoch())
+        sampler: ParallelBatchSampler = self.batch_sampler
+        if self._resume is not None:
+            epoch, start = int(self._resume["epoch"]), int(self._resume["next_batch"])
+            if start >= len(sampler):
+                epoch, start = epoch + 1, 0
+            self._resume = None
+        else:
+            epoch, start = self._epoch(), 0
+        sampler.load_state_dict({**sampler.state_dict(), "epoch": epoch, "next_batch": start})
         return super().__iter__()
 
     def state_dict(self) -> dict[str, Any]:
         return {**self.batch_sampler.state_dict(), "next_batch": self._progress()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        # Checked now (same seed, batch size, world size), applied by the next `__iter__`.
         self.batch_sampler.load_state_dict(state)
+        self._resume = dict(state)
 
 
 class _FixedEpoch(Sampler[list[BatchItem]]):
-    """Validation batches: the same every time, whatever epoch Lightning announces."""
+    """Validation / test batches: epoch 0's plan every time, whatever epoch Lightning announces.
+
+    The wrapped sampler is deliberately not called `sampler`: Lightning calls `set_epoch` on a
+    batch sampler's `sampler` attribute.
+    """
 
     def __init__(self, sampler: ParallelBatchSampler) -> None:
-        self.sampler = sampler
+        self._plan = sampler
 
     def __len__(self) -> int:
-        return len(self.sampler)
+        return len(self._plan)
 
     def __iter__(self) -> Iterator[list[BatchItem]]:
-        return iter(self.sampler)
+        self._plan.load_state_dict({**self._plan.state_dict(), "epoch": 0, "next_batch": 0})
+        return iter(self._plan)
 
 
 class RetrievalDataModule(pl.LightningDataModule):
@@ -122,6 +141,8 @@ class RetrievalDataModule(pl.LightningDataModule):
         self.seed = seed
         self.hygiene = hygiene
         self.data: TrainingData | None = None
+        self._train_loader: ResumableDataLoader | None = None
+        self._resume_state: dict[str, Any] | None = None
 
     # --- distributed context -----------------------------------------------------------------
     def _world(self) -> tuple[int, int]:
@@ -132,8 +153,16 @@ class RetrievalDataModule(pl.LightningDataModule):
         return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed if self.trainer else 0
 
     def _train_epoch(self) -> int:
-        # The epoch Lightning passes to `set_epoch`: epochs whose training part has ended.
-        return self.trainer.fit_loop.epoch_progress.current.processed if self.trainer else 0
+        return self.trainer.current_epoch if self.trainer else 0
+
+    # --- resumption ---------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The training loader's position, saved in every checkpoint (see `ResumableDataLoader`)."""
+        return {"train_loader": self._train_loader.state_dict()} if self._train_loader is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restored before any loader is built; the next training loader starts from it."""
+        self._resume_state = state_dict.get("train_loader")
 
     # --- data ---------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -169,8 +198,10 @@ class RetrievalDataModule(pl.LightningDataModule):
         batch_size = batch_size or self.batch_size
         groups = corpus.groups(self.languages, split)
         for name, group in groups.items():
-            short = {lang: n for lang, n in group.language_counts.items() if lang in group.languages and n < batch_size * world_size}
-            if short:
+            # When every language is short the data is smaller than a batch: the sampler says so.
+            counts = {lang: group.language_counts.get(lang, 0) for lang in group.languages}
+            short = {lang: n for lang, n in counts.items() if n < batch_size * world_size}
+            if short and len(short) < len(counts):
                 raise CorpusError(
                     f"{split} dataset {name!r}: language(s) {short} have fewer examples than one batch "
                     f"(data.batch_size={batch_size} x {world_size} device(s)); lower data.batch_size or leave "
@@ -195,7 +226,12 @@ class RetrievalDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         world_size, rank = self._world()
         sampler = self.make_sampler("train", world_size, rank)
-        return self._loader(self.data.train, sampler, progress=self._processed_batches, epoch=self._train_epoch)
+        loader = self._loader(self.data.train, sampler, progress=self._processed_batches, epoch=self._train_epoch)
+        if self._resume_state is not None:
+            loader.load_state_dict(self._resume_state)
+            self._resume_state = None
+        self._train_loader = loader
+        return loader
 
     def _held_out_loader(self, split: str) -> DataLoader | list:
         corpus = getattr(self.data, split)

@@ -10,7 +10,7 @@ import copy
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,11 +21,13 @@ from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from hybatch.collate import tokenize
+from hybatch.models.lora import apply_lora, is_lora, lora_kwargs, merged_copy
 
 log = logging.getLogger(__name__)
 
 Role = Literal["query", "passage"]
 POOLINGS = ("cls", "mean", "last_token")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SETTINGS_FILE = "hybatch_encoder.json"
 _ST_POOLING = {"cls": "cls", "mean": "mean", "last_token": "lasttoken"}
 _ACTIVATIONS = {
@@ -112,6 +114,12 @@ class DualEncoder(nn.Module):
     `name_or_path` is a hub id, a Hugging Face folder, a sentence-transformers folder (its pooling,
     prompts and Dense layer are read from it and win over the arguments) or a folder written by
     `save_pretrained`. `backbone` / `tokenizer` bypass loading (models built in code).
+
+    For big backbones: `dtype` (float32 | bfloat16 | float16) is the dtype the weights are loaded and
+    kept in (bfloat16 halves the memory of a frozen LoRA base; mixed precision is the trainer's
+    `precision`); `lora` (a mapping of r, alpha, dropout, target_modules, see `hybatch.models.lora`)
+    trains adapters instead of the weights; `gradient_checkpointing` recomputes activations in backward;
+    `freeze_embeddings` keeps the (250k-row, for XLM-R) embedding matrix out of the optimizer.
     """
 
     def __init__(
@@ -128,10 +136,15 @@ class DualEncoder(nn.Module):
         trust_remote_code: bool = False,
         gradient_checkpointing: bool = False,
         freeze_embeddings: bool = False,
+        dtype: str | None = None,
+        lora: Mapping[str, Any] | None = None,
         backbone: PreTrainedModel | None = None,
         tokenizer: PreTrainedTokenizerBase | None = None,
     ) -> None:
         super().__init__()
+        if dtype is not None and dtype not in DTYPES:
+            raise EncoderConfigError(f"model.dtype={dtype!r}: expected null or one of {sorted(DTYPES)}")
+        torch_dtype = DTYPES[dtype] if dtype is not None else None
         dense: nn.Linear | None = None
         activation: nn.Module = nn.Identity()
         passage_backbone: PreTrainedModel | None = None
@@ -149,12 +162,12 @@ class DualEncoder(nn.Module):
                 separate_towers = settings["separate_towers"]
             if separate_towers and saved is not None:
                 root = Path(name_or_path)
-                backbone, tokenizer = _load_backbone(str(root / "query"), trust_remote_code)
-                passage_backbone, _ = _load_backbone(str(root / "passage"), trust_remote_code)
+                backbone, tokenizer = _load_backbone(str(root / "query"), trust_remote_code, torch_dtype)
+                passage_backbone, _ = _load_backbone(str(root / "passage"), trust_remote_code, torch_dtype)
                 dense, activation = _load_dense(str(root / "query"))
                 st_settings = {}
             else:
-                backbone, tokenizer = _load_backbone(name_or_path, trust_remote_code)
+                backbone, tokenizer = _load_backbone(name_or_path, trust_remote_code, torch_dtype)
                 st_settings = read_sentence_transformers_settings(name_or_path)
                 if "dense_path" in st_settings:
                     dense, activation = _load_dense(name_or_path)
@@ -166,6 +179,8 @@ class DualEncoder(nn.Module):
                 passage_prefix = st_settings.get("passage_prefix", passage_prefix)
         elif tokenizer is None:
             raise EncoderConfigError("a backbone built in code needs its tokenizer too")
+        elif torch_dtype is not None:
+            backbone = backbone.to(torch_dtype)
         if pooling not in POOLINGS:
             raise EncoderConfigError(f"model.pooling={pooling!r}: expected one of {POOLINGS}")
         if tokenizer.pad_token_id is None:
@@ -185,15 +200,30 @@ class DualEncoder(nn.Module):
         self.backbone = backbone
         if separate_towers and passage_backbone is None:
             passage_backbone = copy.deepcopy(backbone)
-        self.passage_backbone = passage_backbone
         hidden = backbone.config.hidden_size
+        for tower in (backbone, passage_backbone):
+            if tower is None:
+                continue
+            if getattr(tower, "pooler", None) is not None:
+                # BERT-style poolers are never used here (`pool` reads the token states); their weights
+                # would get no gradient, which DDP refuses unless it searches for unused parameters.
+                tower.pooler = None
+            if getattr(tower.config, "use_cache", False):
+                # Decoder LLMs would build a key/value cache on every forward; an encoder never reuses it.
+                tower.config.use_cache = False
+        if lora:
+            backbone = apply_lora(backbone, **lora_kwargs(lora))
+            if passage_backbone is not None:
+                passage_backbone = apply_lora(passage_backbone, **lora_kwargs(lora))
+        self.backbone = backbone
+        self.passage_backbone = passage_backbone
         if dense is None and projection_dim:
             dense = nn.Linear(hidden, projection_dim)
         self.projection = dense
         self.projection_activation = activation
         for tower in self.towers():
             if gradient_checkpointing:
-                tower.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                _enable_checkpointing(tower)
             if freeze_embeddings:
                 tower.get_input_embeddings().requires_grad_(False)
 
@@ -275,18 +305,35 @@ class DualEncoder(nn.Module):
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         if self.separate_towers:
-            _save_sentence_transformer(self, self.backbone, path / "query")
-            _save_sentence_transformer(self, self.passage_backbone, path / "passage")
+            _save_sentence_transformer(self, _exportable(self.backbone), path / "query")
+            _save_sentence_transformer(self, _exportable(self.passage_backbone), path / "passage")
         else:
-            _save_sentence_transformer(self, self.backbone, path)
+            _save_sentence_transformer(self, _exportable(self.backbone), path)
         (path / SETTINGS_FILE).write_text(json.dumps(self.settings(), indent=2) + "\n")
         return path
 
 
-def _load_backbone(name_or_path: str, trust_remote_code: bool) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def _enable_checkpointing(tower: nn.Module) -> None:
+    """Recompute each layer's activations in backward. Non-reentrant: works with frozen inputs
+    (embeddings, LoRA) and under FSDP. transformers 5 renamed gradient to activation checkpointing."""
+    enable = getattr(tower, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        tower.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def _exportable(tower: nn.Module) -> PreTrainedModel:
+    """The tower as a plain Hugging Face model: LoRA adapters merged into a copy of the weights."""
+    return merged_copy(tower) if is_lora(tower) else tower
+
+
+def _load_backbone(
+    name_or_path: str, trust_remote_code: bool, dtype: torch.dtype | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-        backbone = AutoModel.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        backbone = AutoModel.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, dtype=dtype)
     except OSError as err:
         raise EncoderConfigError(
             f"model.name_or_path={name_or_path!r} is neither a local model folder nor a reachable "

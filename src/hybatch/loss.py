@@ -45,13 +45,22 @@ def contrastive_loss(
         raise ValueError(f"{queries.shape[0]} queries but {positives.shape[0]} positives")
     candidates = positives if negatives is None else torch.cat([positives, negatives])
     dtype = torch.promote_types(queries.dtype, torch.float32)
-    q = F.normalize(queries.to(dtype), dim=-1)
-    c = F.normalize(candidates.to(dtype), dim=-1)
-    logits = q @ c.T / temperature
-    labels = torch.arange(q.shape[0], device=q.device)
-    loss = F.cross_entropy(logits, labels)
+    # Autocast (bf16/fp16-mixed) would run the matmul in half precision whatever the input dtype.
+    with _no_autocast(queries.device.type):
+        q = F.normalize(queries.to(dtype), dim=-1)
+        c = F.normalize(candidates.to(dtype), dim=-1)
+        logits = q @ c.T / temperature
+        labels = torch.arange(q.shape[0], device=q.device)
+        loss = F.cross_entropy(logits, labels)
     accuracy = (logits.detach().argmax(dim=-1) == labels).float().mean()
     return ContrastiveOutput(loss, accuracy, logits)
+
+
+def _no_autocast(device_type: str) -> AbstractContextManager[Any]:
+    """Autocast switched off for `device_type` (a no-op where that device has no autocast)."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return nullcontext()
 
 
 def _world_size() -> int:
@@ -101,11 +110,12 @@ class ContrastiveLoss(nn.Module):
     `[all positives; all negatives]`, so label i still points at query i's positive; each rank thus
     computes the same global loss L, whose graph reaches only the local embeddings e_r. Backward on rank
     r gives J_r^T dL/de_r, while one process holding the global batch would get sum_r J_r^T dL/de_r; DDP
-    all-reduces the *mean* over the W ranks, i.e. (1/W) sum_r J_r^T dL/de_r. Multiplying the gradient
-    flowing into the local embeddings by W therefore makes the averaged gradient exactly the
-    single-process one (up to float rounding). The scaling is applied to the gradient, not the loss, so
-    the returned loss is the true global-batch loss, the same on every rank, fit for logging and early
-    stopping. `negatives` must be None on every rank or on none (otherwise the collectives mismatch).
+    (like FSDP and DeepSpeed) all-reduces the *mean* over the W ranks, i.e. (1/W) sum_r J_r^T dL/de_r.
+    Multiplying the gradient flowing into the local embeddings by W therefore makes the averaged
+    gradient exactly the single-process one (up to float rounding). The scaling is applied to the
+    gradient, not the loss, so the returned loss is the true global-batch loss, the same on every rank,
+    fit for logging and early stopping. Negatives are always gathered, as zero rows where a rank has
+    none (e.g. no example of its slice has a hard negative): every rank must run the same collectives.
     """
 
     def __init__(self, temperature: float = 0.05, gather: bool = True) -> None:
@@ -118,10 +128,13 @@ class ContrastiveLoss(nn.Module):
     ) -> ContrastiveOutput:
         world = _world_size()
         if self.gather and world > 1:
+            if negatives is None:
+                negatives = positives.new_zeros((0, *positives.shape[1:]))
             queries = gather_across_ranks(_ScaleGrad.apply(queries, world))
             positives = gather_across_ranks(_ScaleGrad.apply(positives, world))
-            if negatives is not None:
-                negatives = gather_across_ranks(_ScaleGrad.apply(negatives, world))
+            negatives = gather_across_ranks(_ScaleGrad.apply(negatives, world))
+            if negatives.shape[0] == 0:
+                negatives = None
         return contrastive_loss(queries, positives, negatives, self.temperature)
 
 

@@ -5,11 +5,16 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from torch import Tensor
+from torch.distributed.fsdp import FullyShardedDataParallel
+from torch.nn.parallel import DistributedDataParallel
 from transformers import get_linear_schedule_with_warmup
 
 from hybatch.collate import ROLE_KEY, concat_features, tag_role
@@ -35,9 +40,12 @@ class DualEncoderModule(pl.LightningModule):
 
     `warmup` is a fraction of the training steps (< 1) or a number of steps. With
     `grad_cache_chunk_size`, the batch is embedded in chunks of that size and the loss gradient
-    cached (Gao et al. 2021), so the batch size is independent of accelerator memory.
-    `on_nonfinite_loss`: "raise" stops the run before a NaN reaches the weights; "skip" drops
-    the step (single device only: under DDP one rank skipping would stall the others).
+    cached (Gao et al. 2021), so the batch size is independent of accelerator memory; this uses
+    manual optimisation and composes with `gather_negatives` under DDP. `on_nonfinite_loss`: "raise"
+    stops the run before a NaN reaches the weights; "skip" drops the step (with several devices only
+    together with the cached loss: Lightning cannot skip an automatic-optimisation step under DDP).
+    `max_grad_norm` clips the global gradient norm after AMP unscaling (FSDP: the sharded norm).
+    Under FSDP / DeepSpeed the cached loss is refused (see `setup`).
     """
 
     def __init__(
@@ -67,6 +75,29 @@ class DualEncoderModule(pl.LightningModule):
         self.loss_fn = ContrastiveLoss(temperature=temperature, gather=gather_negatives)
         self.automatic_optimization = grad_cache_chunk_size is None
         self.test_metrics: dict[str, float] = {}
+
+    def setup(self, stage: str) -> None:
+        """Refuse, before any step, combinations that would fail or hang mid-run."""
+        if stage != "fit":
+            return
+        strategy = self.trainer.strategy
+        if not self.automatic_optimization and isinstance(strategy, (FSDPStrategy, DeepSpeedStrategy)):
+            raise ValueError(
+                f"module.grad_cache_chunk_size={self.hparams.grad_cache_chunk_size} does not work with "
+                f"{type(strategy).__name__}: the cached loss runs backward inside training_step, which Lightning "
+                "supports under DDP only (FSDP: Lightning issue #19685; DeepSpeed back-propagates a scalar loss "
+                "only). Use trainer=ddp, or drop the cached loss and use model.gradient_checkpointing=true"
+            )
+        if self.hparams.max_grad_norm and isinstance(strategy, DeepSpeedStrategy):
+            raise ValueError(
+                f"module.max_grad_norm={self.hparams.max_grad_norm} is ignored by DeepSpeed, which clips inside its "
+                "engine: set trainer.gradient_clip_val instead"
+            )
+        if self.automatic_optimization and self.hparams.on_nonfinite_loss == "skip" and self.trainer.world_size > 1:
+            raise ValueError(
+                "module.on_nonfinite_loss=skip with several devices needs module.grad_cache_chunk_size: "
+                "Lightning cannot skip an automatic-optimisation step under DDP; use 'raise' or the cached loss"
+            )
 
     # --- training -----------------------------------------------------------------------------
     def _embed(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -115,11 +146,9 @@ class DualEncoderModule(pl.LightningModule):
                 chunk_size=self.hparams.grad_cache_chunk_size,
                 loss_fn=self.loss_fn,
                 backward_fn=self.manual_backward,
-                no_sync=getattr(self.trainer.model, "no_sync", None),
+                no_sync=self._no_sync(),
             )
             if self._check_finite(out, batch):
-                if self.hparams.max_grad_norm:
-                    self.clip_gradients(opt, gradient_clip_val=self.hparams.max_grad_norm, gradient_clip_algorithm="norm")
                 opt.step()
                 self.lr_schedulers().step()
         mono = float(batch["query_lang"] == batch["passage_lang"] and len(set(batch["query_lang"])) == 1)
@@ -127,6 +156,22 @@ class DualEncoderModule(pl.LightningModule):
         self.log("train/accuracy", out.accuracy, batch_size=size)
         self.log("train/mono_batch", mono, batch_size=size)
         return out.loss if self.automatic_optimization else None
+
+    def _no_sync(self) -> Callable[[], AbstractContextManager[Any]] | None:
+        """DDP's no-sync context: the cached loss all-reduces once, after its last chunk. Not FSDP's,
+        which would hold unsharded gradients; FSDP reduce-scatters after each chunk instead."""
+        model = self.trainer.model
+        return model.no_sync if isinstance(model, DistributedDataParallel) else None
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Clip here, where gradients are complete and AMP-unscaled in both optimisation modes."""
+        max_norm = self.hparams.max_grad_norm
+        if not max_norm:
+            return
+        if isinstance(self.trainer.model, FullyShardedDataParallel):
+            self.trainer.model.clip_grad_norm_(max_norm)
+        else:
+            self.clip_gradients(optimizer, gradient_clip_val=max_norm, gradient_clip_algorithm="norm")
 
     # --- held-out evaluation ------------------------------------------------------------------
     def _held_out_step(self, batch: dict[str, Any], split: str) -> None:
@@ -154,11 +199,12 @@ class DualEncoderModule(pl.LightningModule):
         if self.trainer.sanity_checking:
             return
         metrics = self._benchmark_metrics("val")
-        self.log_dict({f"val/{k}": v for k, v in _loggable({k[4:]: v for k, v in metrics.items()}).items()})
+        # Every rank evaluated the same weights: the mean over ranks is the value, and keeps them in step.
+        self.log_dict({f"val/{k}": v for k, v in _loggable({k[4:]: v for k, v in metrics.items()}).items()}, sync_dist=True)
 
     def on_test_epoch_end(self) -> None:
         self.test_metrics = self._benchmark_metrics("test")
-        self.log_dict({f"test/{k}": v for k, v in _loggable({k[5:]: v for k, v in self.test_metrics.items()}).items()})
+        self.log_dict({f"test/{k}": v for k, v in _loggable({k[5:]: v for k, v in self.test_metrics.items()}).items()}, sync_dist=True)
 
     # --- optimisation -------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:

@@ -82,11 +82,11 @@ def read_parallel_jsonl(paths: Iterable[str | os.PathLike]) -> ParallelCorpus:
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError as err:
-                    raise JsonlFormatError(f"{where}: not valid UTF-8 (byte {err.start} of the line)") from err
+                    raise JsonlFormatError(f"{where}: not valid UTF-8 (byte {err.start} of the line); expected UTF-8 text") from err
                 if not line.strip():
                     continue
                 try:
-                    record = json.loads(line)
+                    record = json.loads(line.rstrip("\r\n"))  # columns of an unfinished line point into it
                 except json.JSONDecodeError as err:
                     raise JsonlFormatError(f"{where}: invalid JSON at column {err.colno}: {err.msg}") from err
                 example = parse_example(record, where, path.name.split(".")[0])
@@ -101,9 +101,9 @@ def read_parallel_jsonl(paths: Iterable[str | os.PathLike]) -> ParallelCorpus:
 
 
 def load_parallel_jsonl(
-    train: str | Sequence[str],
-    val: str | Sequence[str] | None = None,
-    test: str | Sequence[str] | None = None,
+    train: str | os.PathLike | Sequence[str | os.PathLike],
+    val: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    test: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     data_dir: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
 ) -> TrainingData:
@@ -111,7 +111,8 @@ def load_parallel_jsonl(
     if not train:
         raise JsonlFormatError("data.source.train: expected at least one JSONL file")
 
-    def local(location: str) -> Path:
+    def local(location: str | os.PathLike) -> Path:
+        location = str(location)
         if location.startswith(("http://", "https://")):
             base, name = location.rstrip("/").rsplit("/", 1)
             # One cache folder per URL: files of the same name from different places never collide.
@@ -121,9 +122,9 @@ def load_parallel_jsonl(
         path = Path(location).expanduser()
         return path if path.is_absolute() or data_dir is None else Path(data_dir).expanduser() / path
 
-    def as_list(files: str | Sequence[str] | None) -> list[str]:
+    def as_list(files: str | os.PathLike | Sequence[str | os.PathLike] | None) -> list[str | os.PathLike]:
         # A single file given as a string, not a string's characters.
-        return [files] if isinstance(files, str) else list(files or [])
+        return [files] if isinstance(files, (str, os.PathLike)) else list(files or [])
 
     corpora = {
         split: read_parallel_jsonl([local(f) for f in as_list(files)]) if files else None

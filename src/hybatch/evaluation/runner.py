@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import lightning.pytorch as pl
 import torch
@@ -26,8 +26,7 @@ from hybatch.reports import (
     lareqa_table,
     log_results,
     miracl_table,
-    pair_matrix,
-    write_lareqa_report,
+    report_lareqa,
 )
 from hybatch.retrieval.index import TextEncoder
 from hybatch.run_info import write_run_info
@@ -112,16 +111,9 @@ def run_evaluation(cfg: DictConfig) -> dict[str, float]:
         write_metrics(output_dir / "metrics.json", metrics)  # after each benchmark: a later failure keeps these
 
     console = Console()
-    tables: dict[str, tuple[list[str], list[list[Any]]]] = {}
-    images: dict[str, Path] = {}
     lareqa = {name: results[name] for name, task in tasks.items() if isinstance(task, LareqaTask)}
-    for name in lareqa:
-        languages = tasks[name].languages
-        files = write_lareqa_report(results[name], languages, output_dir / name, name)
-        images.update({f"{name}/{key}": path for key, path in files.items() if path.suffix == ".png"})
-        matrix = pair_matrix(results[name], languages)
-        tables[f"{name}/pair_mAP"] = (["query_lang", *languages], [[q, *row.tolist()] for q, row in zip(languages, matrix, strict=True)])
-        log.info("%s: wrote %s", name, ", ".join(str(p) for p in files.values()))
+    tables, images = report_lareqa(lareqa, {name: tasks[name].languages for name in lareqa}, output_dir)
+    log.info("wrote the language-pair matrices and plots under %s", output_dir)
     if lareqa:
         console.print(lareqa_table(lareqa))
     for name, task in tasks.items():

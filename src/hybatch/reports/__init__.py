@@ -6,6 +6,7 @@ from hybatch.reports.lareqa_report import (
     pair_matrix,
     plot_pair_matrix,
     plot_per_language,
+    report_lareqa,
     write_lareqa_report,
     write_pair_matrix_csv,
 )
@@ -19,6 +20,7 @@ __all__ = [
     "pair_matrix",
     "plot_pair_matrix",
     "plot_per_language",
+    "report_lareqa",
     "write_lareqa_report",
     "write_pair_matrix_csv",
 ]

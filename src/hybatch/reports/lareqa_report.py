@@ -11,6 +11,7 @@ import csv
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -89,6 +90,23 @@ def write_lareqa_report(metrics: Mapping[str, float], languages: Sequence[str], 
         "pair_mAP": plot_pair_matrix(matrix, languages, out_dir / "pair_mAP.png", f"{name}: mAP per language pair"),
         "per_language": plot_per_language(metrics, languages, out_dir / "per_language.png", f"{name}: multilingual pool"),
     }
+
+
+def report_lareqa(
+    results: Mapping[str, Mapping[str, float]],
+    languages: Mapping[str, Sequence[str]],
+    out_dir: Path,
+) -> tuple[dict[str, tuple[list[str], list[list[Any]]]], dict[str, Path]]:
+    """Files for each named result (`out_dir/<name>/`), plus the W&B tables and images to log."""
+    tables: dict[str, tuple[list[str], list[list[Any]]]] = {}
+    images: dict[str, Path] = {}
+    for name, metrics in results.items():
+        langs = list(languages[name])
+        files = write_lareqa_report(metrics, langs, out_dir / name, name)
+        images.update({f"{name}/{key}": path for key, path in files.items() if path.suffix == ".png"})
+        matrix = pair_matrix(metrics, langs)
+        tables[f"{name}/pair_mAP"] = (["query_lang", *langs], [[q, *row.tolist()] for q, row in zip(langs, matrix, strict=True)])
+    return tables, images
 
 
 LAREQA_COLUMNS = (
