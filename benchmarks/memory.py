@@ -10,8 +10,12 @@ so its peak stays flat. Reported: the step's peak above the memory in use before
 gradients and AdamW states, allocated by an untimed warm-up step, are the same for every point).
 
 Every point runs in a fresh process. CPU: peak resident memory (VmHWM, reset through
-/proc/self/clear_refs) above the resident memory before the step; CUDA: torch's peak allocation above
-the allocation before the step.
+/proc/self/clear_refs) above the resident memory before the step, with glibc told to return every
+block above 64 KiB to the system when it is freed (MALLOC_MMAP_THRESHOLD_), so that resident memory
+follows the live tensors instead of the allocator's cache; CUDA: torch's peak allocation above the
+allocation before the step. A point that needs more than --memory-limit-gb (CPU: the worker's
+address space is capped, so that it fails alone instead of waking the kernel's OOM killer on a shared
+machine) or than the GPU has is reported as out of memory.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -119,6 +124,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=128, help="tokens, queries and passages alike")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per measurement")
+    parser.add_argument("--memory-limit-gb", type=float, default=12.0, help="CPU: address space of a measurement")
     parser.add_argument("--cache-dir", default=os.environ.get("HYBATCH_CACHE", str(Path.home() / ".cache" / "hybatch")))
     parser.add_argument("--point", nargs=2, metavar=("BATCH_SIZE", "CACHED"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -126,25 +132,38 @@ def main() -> None:
 
     if args.point:  # a worker: one measurement, printed as JSON on the last line
         batch_size, cached = int(args.point[0]), args.point[1] == "1"
-        print(json.dumps({"peak_mb": measure(args, batch_size, cached)}))
+        if args.device == "cpu":
+            limit = int(args.memory_limit_gb * 2**30)
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        try:
+            print(json.dumps({"peak_mb": measure(args, batch_size, cached)}))
+        except (torch.OutOfMemoryError, MemoryError, RuntimeError) as err:
+            if not isinstance(err, (torch.OutOfMemoryError, MemoryError)) and "allocate" not in str(err):
+                raise
+            print(json.dumps({"peak_mb": None}))
         return
 
     common = [args.data_dir, "--chunk-size", str(args.chunk_size), "--max-length", str(args.max_length),
-              "--device", args.device, "--threads", str(args.threads), "--cache-dir", args.cache_dir]  # fmt: skip
-    results: dict[tuple[int, bool], float] = {}
+              "--device", args.device, "--threads", str(args.threads), "--cache-dir", args.cache_dir,
+              "--memory-limit-gb", str(args.memory_limit_gb)]  # fmt: skip
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    results: dict[tuple[int, bool], str] = {}
     for batch_size in args.batch_sizes:
         for cached in (False, True):
             cmd = [sys.executable, __file__, *common, "--point", str(batch_size), str(int(cached))]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-            results[batch_size, cached] = json.loads(out.strip().splitlines()[-1])["peak_mb"]
-            print(f"batch {batch_size:4d} {'cached' if cached else 'plain '}: {results[batch_size, cached]:8.0f} MB")
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+            peak = json.loads(proc.stdout.strip().splitlines()[-1])["peak_mb"]
+            results[batch_size, cached] = "out of memory" if peak is None else f"{peak:.0f}"
+            print(f"batch {batch_size:4d} {'cached' if cached else 'plain '}: {results[batch_size, cached]} MB")
 
     table = Table(title=f"Peak memory of a training step above the model's, MB ({args.device}, max length "
                         f"{args.max_length}, cached loss in chunks of {args.chunk_size})")  # fmt: skip
     for column in ("batch size", "plain loss", "cached loss"):
         table.add_column(column, justify="right")
     for batch_size in args.batch_sizes:
-        table.add_row(str(batch_size), f"{results[batch_size, False]:.0f}", f"{results[batch_size, True]:.0f}")
+        table.add_row(str(batch_size), results[batch_size, False], results[batch_size, True])
     Console().print(table)
 
 

@@ -191,7 +191,7 @@ def main() -> None:
             ours = n_pairs / hybatch_run(cfg, args)
             theirs = n_pairs / sentence_transformers_run(cfg, args, pairs, tmp)
             rounds.append((ours, theirs))
-            print(f"round {r + 1}: hybatch {ours:.1f} pairs/s, sentence-transformers {theirs:.1f} pairs/s")
+            print(f"round {r + 1}: hybatch {ours:.2f} pairs/s, sentence-transformers {theirs:.2f} pairs/s")
 
     table = Table(
         title=f"Training throughput, pairs/s (batch {args.batch_size}, max length {args.max_length}, "
@@ -200,7 +200,7 @@ def main() -> None:
     for column in ("round", "hybatch", "sentence-transformers", "ratio"):
         table.add_column(column, justify="right")
     for r, (ours, theirs) in enumerate(rounds, 1):
-        table.add_row(str(r), f"{ours:.1f}", f"{theirs:.1f}", f"{ours / theirs:.3f}")
+        table.add_row(str(r), f"{ours:.2f}", f"{theirs:.2f}", f"{ours / theirs:.3f}")
     ratios = [ours / theirs for ours, theirs in rounds]
     table.add_row("median", "", "", f"{statistics.median(ratios):.3f}")
     Console().print(table)

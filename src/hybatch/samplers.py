@@ -239,7 +239,7 @@ class ParallelBatchSampler(Sampler[list[BatchItem]], ABC):
 
     # --- epochs and resumption --------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
-        """Called by Lightning before every epoch; a resumed epoch keeps its position."""
+        """Start `epoch` from its beginning; announcing the current epoch again keeps the position."""
         if epoch != self.epoch:
             self.epoch = epoch
             self._next_batch = 0
