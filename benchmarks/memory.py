@@ -155,10 +155,10 @@ def main() -> None:
             if proc.returncode != 0:
                 raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
             peak = json.loads(proc.stdout.strip().splitlines()[-1])["peak_mb"]
-            results[batch_size, cached] = "out of memory" if peak is None else f"{peak:.0f}"
-            print(f"batch {batch_size:4d} {'cached' if cached else 'plain '}: {results[batch_size, cached]} MB")
+            results[batch_size, cached] = "out of memory" if peak is None else f"{peak:.0f} MB"
+            print(f"batch {batch_size:4d} {'cached' if cached else 'plain '}: {results[batch_size, cached]}")
 
-    table = Table(title=f"Peak memory of a training step above the model's, MB ({args.device}, max length "
+    table = Table(title=f"Peak memory of a training step above the model's ({args.device}, max length "
                         f"{args.max_length}, cached loss in chunks of {args.chunk_size})")  # fmt: skip
     for column in ("batch size", "plain loss", "cached loss"):
         table.add_column(column, justify="right")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import netrc
 import os
 from pathlib import Path
@@ -45,3 +46,5 @@ def register_resolvers() -> None:
 
 
 register_resolvers()
+# faiss logs every CPU-feature probe at INFO: noise in every run's log.
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)
