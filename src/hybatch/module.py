@@ -158,8 +158,8 @@ class DualEncoderModule(pl.LightningModule):
         return out.loss if self.automatic_optimization else None
 
     def _no_sync(self) -> Callable[[], AbstractContextManager[Any]] | None:
-        """DDP's no-sync context: the cached loss all-reduces once, after its last chunk. Not FSDP's,
-        which would hold unsharded gradients; FSDP reduce-scatters after each chunk instead."""
+        """DDP's no-sync context, so that the cached loss all-reduces once, after its last chunk
+        (`setup` refuses the cached loss under the other distributed strategies)."""
         model = self.trainer.model
         return model.no_sync if isinstance(model, DistributedDataParallel) else None
 
@@ -204,7 +204,11 @@ class DualEncoderModule(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self.test_metrics = self._benchmark_metrics("test")
-        self.log_dict({f"test/{k}": v for k, v in _loggable({k[5:]: v for k, v in self.test_metrics.items()}).items()}, sync_dist=True)
+        logged = {f"test/{k}": v for k, v in _loggable({k[5:]: v for k, v in self.test_metrics.items()}).items()}
+        self.log_dict(logged, sync_dist=True)
+        # The per-pair metrics go to callback_metrics only (not to loggers): the way they reach
+        # metrics.json when the test ran in worker processes (trainer.strategy=ddp_spawn).
+        self.log_dict({k: v for k, v in self.test_metrics.items() if k not in logged}, logger=False, sync_dist=True)
 
     # --- optimisation -------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
