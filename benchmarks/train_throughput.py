@@ -10,8 +10,8 @@ forward, backward and optimiser step included.
 
     python benchmarks/train_throughput.py [XQUAD_R_DIR] [--batch-size 32] [--steps 20] [--rounds 2]
 
-Each round runs hybatch then sentence-transformers; on a machine shared with other jobs, take several
-rounds and compare within a round. Needs `datasets` and `accelerate` (sentence-transformers' trainer).
+Each round runs both, hybatch first in odd rounds and second in even ones; on a machine shared with
+other jobs, take several rounds and compare within a round. Needs `datasets` and `accelerate` (sentence-transformers' trainer).
 """
 
 from __future__ import annotations
@@ -188,8 +188,13 @@ def main() -> None:
         n_pairs = args.steps * args.batch_size
         rounds = []
         for r in range(args.rounds):
-            ours = n_pairs / hybatch_run(cfg, args)
-            theirs = n_pairs / sentence_transformers_run(cfg, args, pairs, tmp)
+            # Alternate which side goes first: a change in the machine's load then favours neither.
+            if r % 2 == 0:
+                ours = n_pairs / hybatch_run(cfg, args)
+                theirs = n_pairs / sentence_transformers_run(cfg, args, pairs, tmp)
+            else:
+                theirs = n_pairs / sentence_transformers_run(cfg, args, pairs, tmp)
+                ours = n_pairs / hybatch_run(cfg, args)
             rounds.append((ours, theirs))
             print(f"round {r + 1}: hybatch {ours:.2f} pairs/s, sentence-transformers {theirs:.2f} pairs/s")
 
