@@ -11,7 +11,8 @@ forward, backward and optimiser step included.
     python benchmarks/train_throughput.py [XQUAD_R_DIR] [--batch-size 32] [--steps 20] [--rounds 2]
 
 Each round runs both, hybatch first in odd rounds and second in even ones; on a machine shared with
-other jobs, take several rounds and compare within a round. Needs `datasets` and `accelerate` (sentence-transformers' trainer).
+other jobs, take several rounds and compare within a round. sentence-transformers' trainer needs
+`datasets` and `accelerate`: `pip install -e ".[bench]"`.
 """
 
 from __future__ import annotations

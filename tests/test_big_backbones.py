@@ -37,7 +37,7 @@ from hybatch.encoder import DualEncoder
 from hybatch.loss import ContrastiveLoss, contrastive_loss
 from hybatch.models.bundled import bundled_tokenizer
 from hybatch.models.sharding import TransformerBlockPolicy
-from hybatch.module import DualEncoderModule
+from hybatch.module import CheckpointMismatchError, DualEncoderModule, load_deepspeed_encoder_weights
 
 # The published architectures (config.json of each hub repo) and their parameter counts.
 ARCHITECTURES: dict[str, tuple[PretrainedConfig, float]] = {
@@ -227,6 +227,49 @@ def test_module_refuses_the_cached_loss_where_lightning_cannot_run_it(strategy: 
     module.trainer = SimpleNamespace(strategy=instance, world_size=8)
     with pytest.raises(ValueError, match="grad_cache_chunk_size=4"):
         module.setup("fit")
+
+
+def test_module_refuses_deepspeed_stage_3(tokenizer) -> None:
+    """Stage 3 leaves each rank a partition of every parameter: no whole weights to test or export."""
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    module = DualEncoderModule(tiny_bert_encoder(tokenizer))
+    strategy = DeepSpeedStrategy.__new__(DeepSpeedStrategy)
+    strategy.config = {"zero_optimization": {"stage": 3}}
+    module.trainer = SimpleNamespace(strategy=strategy, world_size=8)
+    with pytest.raises(ValueError, match="stage 3 partitions the parameters"):
+        module.setup("fit")
+    strategy.config = {"zero_optimization": {"stage": 2}}
+    module.setup("fit")
+
+
+def test_deepspeed_checkpoint_directory_loads_into_the_encoder(tmp_path: Path, tokenizer, monkeypatch) -> None:
+    """The merged ZeRO state dict (keys under Lightning's `_forward_module.`) becomes the encoder's weights;
+    a merge that does not fit the encoder is refused by name. DeepSpeed itself is not installed here:
+    its zero_to_fp32 merge is stood in for by the state dict it returns."""
+    import sys
+
+    trained, fresh = tiny_bert_encoder(tokenizer), tiny_bert_encoder(tokenizer)
+    merged = {f"_forward_module.encoder.{k}": v.float() + 1 for k, v in trained.state_dict().items()}
+    calls = []
+
+    def merge(checkpoint_dir: str, tag: str | None = None) -> dict[str, Tensor]:
+        calls.append(checkpoint_dir)
+        return merged
+
+    zero_to_fp32 = SimpleNamespace(get_fp32_state_dict_from_zero_checkpoint=merge)
+    monkeypatch.setitem(sys.modules, "deepspeed", SimpleNamespace())
+    monkeypatch.setitem(sys.modules, "deepspeed.utils", SimpleNamespace(zero_to_fp32=zero_to_fp32))
+    monkeypatch.setitem(sys.modules, "deepspeed.utils.zero_to_fp32", zero_to_fp32)
+    ckpt_dir = tmp_path / "epoch=0-step=3.ckpt"
+    load_deepspeed_encoder_weights(fresh, ckpt_dir)
+    assert calls == [str(ckpt_dir)]
+    for key, value in fresh.state_dict().items():
+        assert torch.equal(value, merged[f"_forward_module.encoder.{key}"].to(value.dtype)), key
+
+    merged.pop(next(iter(merged)))
+    with pytest.raises(CheckpointMismatchError, match=r"epoch=0-step=3.ckpt does not fit the configured encoder.*missing"):
+        load_deepspeed_encoder_weights(fresh, ckpt_dir)
 
 
 # --- memory options ----------------------------------------------------------------------------------

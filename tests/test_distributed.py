@@ -10,6 +10,7 @@ same loss and gradients, with the plain and with the cached contrastive loss.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -191,3 +192,23 @@ def test_slurm_launcher_config_runs_each_sweep_job_on_the_trainer_nodes() -> Non
     # One SLURM task per GPU on each of the trainer's nodes: what Lightning's SLURM environment expects.
     assert launcher.params["nodes"] == 2 and launcher.params["tasks_per_node"] == 4
     assert launcher.params["submitit_folder"].startswith(str(cfg.hydra.sweep.dir))
+
+
+def test_local_multirun_trains_with_ddp_spawn(tmp_path: Path, xquad_r_dir: Path, cache_dir: Path) -> None:
+    """`-m` with `trainer.strategy=ddp_spawn` (docs/performance.md): fit and test run in fresh worker
+    processes, the default CSV logger keeps both phases' columns, and metrics.json holds the test results
+    (from the workers) and the baseline's (from the main process)."""
+    langs = "[en,de,ar]"
+    cmd = [
+        sys.executable, "train.py", "-m", "trainer=ddp_cpu", "trainer.strategy=ddp_spawn", "sampler=hybrid", "model=tiny",
+        "data=xquad_r_split", f"data.data_dir={xquad_r_dir}", f"data.languages={langs}", f"data.source.languages={langs}",
+        "data.source.max_articles=12", "data.batch_size=4", "trainer.max_steps=4", "trainer.log_every_n_steps=1", "trainer.val_check_interval=2",
+        "export_model=false", f"hydra.sweep.dir={tmp_path}",
+    ]  # fmt: skip
+    env = {**os.environ, "HYBATCH_CACHE": str(cache_dir), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    metrics = json.loads((tmp_path / "0" / "metrics.json").read_text())
+    assert {"train/loss", "test/multi/mAP", "baseline/test/multi/mAP"} <= set(metrics)
+    header = (tmp_path / "0" / "csv" / "version_0" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"train/loss", "val/multi/mAP", "test/multi/mAP"} <= set(header)

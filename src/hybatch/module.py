@@ -88,6 +88,12 @@ class DualEncoderModule(pl.LightningModule):
                 "supports under DDP only (FSDP: Lightning issue #19685; DeepSpeed back-propagates a scalar loss "
                 "only). Use trainer=ddp, or drop the cached loss and use model.gradient_checkpointing=true"
             )
+        if isinstance(strategy, DeepSpeedStrategy) and strategy.zero_stage_3:
+            raise ValueError(
+                "DeepSpeed ZeRO stage 3 partitions the parameters, but testing the best checkpoint and exporting the "
+                "encoder need them whole on every rank: use stage 1 or 2 (trainer.strategy.stage), or trainer=fsdp "
+                "to shard the parameters"
+            )
         if self.hparams.max_grad_norm and isinstance(strategy, DeepSpeedStrategy):
             raise ValueError(
                 f"module.max_grad_norm={self.hparams.max_grad_norm} is ignored by DeepSpeed, which clips inside its "
@@ -240,10 +246,11 @@ class DualEncoderModule(pl.LightningModule):
     # --- checkpoints --------------------------------------------------------------------------
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Before Lightning copies any weight: a checkpoint of another backbone is refused by name.
-        _check_same_backbone(checkpoint, self.encoder, getattr(self._trainer, "ckpt_path", None) or "<checkpoint>")
+        check_same_backbone(checkpoint, self.encoder, getattr(self._trainer, "ckpt_path", None) or "<checkpoint>")
 
 
-def _check_same_backbone(checkpoint: dict[str, Any], encoder: DualEncoder, path: str | os.PathLike) -> None:
+def check_same_backbone(checkpoint: dict[str, Any], encoder: DualEncoder, path: str | os.PathLike) -> None:
+    """Refuse, by name, a checkpoint whose backbone or encoder tensors differ from the configured encoder's."""
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise CheckpointMismatchError(f"{path} is not a training checkpoint of this project: it has no 'state_dict'")
     hparams = checkpoint.get("hyper_parameters", {})
@@ -270,6 +277,24 @@ def load_encoder_weights(encoder: DualEncoder, ckpt_path: str | os.PathLike) -> 
     from hybatch.callbacks import load_tensors_only
 
     checkpoint = load_tensors_only(ckpt_path)
-    _check_same_backbone(checkpoint, encoder, ckpt_path)
+    return _load_checkpoint_into(encoder, checkpoint, ckpt_path)
+
+
+def load_deepspeed_encoder_weights(encoder: DualEncoder, ckpt_dir: str | os.PathLike) -> DualEncoder:
+    """Load the encoder weights of a DeepSpeed checkpoint, a directory of ZeRO shards, merged to fp32.
+
+    The merge is DeepSpeed's own (zero_to_fp32), which unpickles the shard files in full: for checkpoints
+    a run of this project wrote itself, not for files from elsewhere.
+    """
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    merged = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir))
+    # Lightning's DeepSpeed engine holds the LightningModule under `_forward_module`.
+    state = {k.removeprefix("_forward_module."): v for k, v in merged.items()}
+    return _load_checkpoint_into(encoder, {"state_dict": state}, ckpt_dir)
+
+
+def _load_checkpoint_into(encoder: DualEncoder, checkpoint: dict[str, Any], path: str | os.PathLike) -> DualEncoder:
+    check_same_backbone(checkpoint, encoder, path)
     encoder.load_state_dict({k.removeprefix("encoder."): v for k, v in checkpoint["state_dict"].items() if k.startswith("encoder.")})
     return encoder

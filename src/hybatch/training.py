@@ -16,7 +16,7 @@ from rich.console import Console
 
 from hybatch.callbacks import AtomicCheckpointIO, ExactResume, StepCheckpoint, load_tensors_only
 from hybatch.collate import PairCollator
-from hybatch.module import _check_same_backbone, load_encoder_weights
+from hybatch.module import check_same_backbone, load_deepspeed_encoder_weights, load_encoder_weights
 from hybatch.reports import finish_loggers, lareqa_table, log_results, report_lareqa
 from hybatch.run_info import write_run_info
 
@@ -84,7 +84,7 @@ def run_training(cfg: DictConfig) -> float | None:
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
     if ckpt_path is not None and Path(ckpt_path).is_file():
         # Memory-mapped: the tensors are not read, only the keys, shapes and hyperparameters.
-        _check_same_backbone(load_tensors_only(ckpt_path, mmap=True), encoder, ckpt_path)
+        check_same_backbone(load_tensors_only(ckpt_path, mmap=True), encoder, ckpt_path)
     exact_resume = ExactResume()
     callbacks = [*instantiate_dict(cfg.get("callbacks")), exact_resume, *step_checkpoints(cfg, output_dir)]
 
@@ -104,7 +104,8 @@ def run_training(cfg: DictConfig) -> float | None:
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best:
         # Test and export the selected checkpoint, not whatever the last step left.
-        load_encoder_weights(encoder, best)
+        # DeepSpeed saves a directory of ZeRO shards instead of one file.
+        (load_deepspeed_encoder_weights if Path(best).is_dir() else load_encoder_weights)(encoder, best)
         log.info("best checkpoint: %s", best)
     if cfg.get("test") and datamodule.data.test is not None:
         trainer.test(module, datamodule=datamodule)

@@ -94,6 +94,11 @@ def run_evaluation(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("ckpt_path"):
         from hybatch.module import load_encoder_weights
 
+        if Path(cfg.ckpt_path).is_dir():
+            raise ValueError(
+                f"ckpt_path={cfg.ckpt_path!r} is a directory (a DeepSpeed checkpoint): evaluate the model its run "
+                "exported instead, model.name_or_path=<run dir>/model"
+            )
         if not Path(cfg.ckpt_path).is_file():
             raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path!r} does not exist")
         load_encoder_weights(encoder, cfg.ckpt_path)
