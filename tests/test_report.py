@@ -1,14 +1,11 @@
 """The sweep report: grouping by model and sampler, mean and std over seeds."""
 
-import csv
 import json
-import pickle
 
 import pytest
 from omegaconf import OmegaConf
 
 from hybatch.report import collect, summarise, to_markdown, write_report
-from hybatch.reports.loggers import ProcessSafeCSVLogger
 
 
 def fake_run(root, name, model, sampler, seed, multi_map, alpha=None):
@@ -47,34 +44,3 @@ def test_alpha_labels_appear_when_alpha_varies(tmp_path):
 def test_an_empty_directory_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no metrics.json"):
         collect(tmp_path)
-
-
-def test_csv_logger_keeps_what_other_processes_wrote(tmp_path):
-    """As under ddp_spawn: the main process's logger is pickled into a fit worker and a test worker,
-    then logs the results itself; one metrics.csv ends up with every row and every column."""
-    logger = ProcessSafeCSVLogger(save_dir=tmp_path, name="csv")
-    logger.log_hyperparams({"lr": 1e-3})  # creates the writer in the main process, before the workers
-    fit_worker, test_worker = pickle.loads(pickle.dumps(logger)), pickle.loads(pickle.dumps(logger))
-    fit_worker.log_metrics({"train/loss": 2.0}, step=0)
-    fit_worker.log_metrics({"train/loss": 1.5, "val/mAP": 0.4}, step=1)
-    fit_worker.save()
-    test_worker.log_metrics({"test/mAP": 0.5}, step=2)
-    test_worker.save()
-    logger.log_metrics({"baseline/test/mAP": 0.3}, step=0)
-    logger.save()
-    # A writer created after the file exists (a fresh process) appends instead of deleting it.
-    later = ProcessSafeCSVLogger(save_dir=tmp_path, name="csv", version=logger.version)
-    later.log_metrics({"test/R@1": 0.2}, step=3)
-    later.save()
-
-    with open(tmp_path / "csv" / "version_0" / "metrics.csv", newline="") as file:
-        rows = list(csv.DictReader(file))
-    columns = {"step", "train/loss", "val/mAP", "test/mAP", "baseline/test/mAP", "test/R@1"}
-    assert set(rows[0]) == columns
-    assert [{k: v for k, v in row.items() if v} for row in rows] == [
-        {"step": "0", "train/loss": "2.0"},
-        {"step": "1", "train/loss": "1.5", "val/mAP": "0.4"},
-        {"step": "2", "test/mAP": "0.5"},
-        {"step": "0", "baseline/test/mAP": "0.3"},
-        {"step": "3", "test/R@1": "0.2"},
-    ]
