@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import json
 import logging
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +72,31 @@ def write_metrics(path: Path, metrics: dict[str, float]) -> None:
     tmp.replace(path)
 
 
+def release_freed_memory() -> None:
+    """Hand the memory a finished run freed back to the operating system.
+
+    glibc keeps freed heap memory for reuse, so without this an in-process multirun's resident size
+    grows job after job (~200 MB a job with the bundled model; `benchmarks/multirun_memory.py`).
+    """
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL("libc.so.6")
+        except OSError:  # not glibc (e.g. musl): nothing to trim
+            return
+        libc.malloc_trim(0)
+
+
 def run_training(cfg: DictConfig) -> float | None:
     """Fit, test the best checkpoint, export the encoder; returns `cfg.optimized_metric`."""
+    try:
+        return _fit_test_export(cfg)
+    finally:
+        # Here the run's trainer, model and data are unreferenced: their memory can go back.
+        release_freed_memory()
+
+
+def _fit_test_export(cfg: DictConfig) -> float | None:
     output_dir = Path(cfg.paths.output_dir)
     pl.seed_everything(cfg.seed, workers=True)
 
