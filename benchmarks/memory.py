@@ -37,7 +37,8 @@ from rich.table import Table
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _status_mb(field: str) -> float:
+def status_mb(field: str) -> float:
+    """A `kB` field of /proc/self/status (VmRSS, VmHWM, ...) in MB."""
     status = Path("/proc/self/status").read_text()
     return int(re.search(rf"{field}:\s+(\d+) kB", status).group(1)) / 1024
 
@@ -49,7 +50,7 @@ class Meter:
         self.cuda = device.type == "cuda"
 
     def now(self) -> float:
-        return torch.cuda.memory_allocated() / 2**20 if self.cuda else _status_mb("VmRSS")
+        return torch.cuda.memory_allocated() / 2**20 if self.cuda else status_mb("VmRSS")
 
     def reset(self) -> None:
         if self.cuda:
@@ -58,7 +59,7 @@ class Meter:
             Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
 
     def peak(self) -> float:
-        return torch.cuda.max_memory_allocated() / 2**20 if self.cuda else _status_mb("VmHWM")
+        return torch.cuda.max_memory_allocated() / 2**20 if self.cuda else status_mb("VmHWM")
 
 
 def batch_features(args: argparse.Namespace, encoder: Any, batch_size: int) -> list[dict[str, Any]]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import resource
 import subprocess
 import sys
 import tempfile
@@ -21,25 +20,17 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
+from memory import status_mb  # benchmarks/memory.py: this directory is on the path
 
 REPO = Path(__file__).resolve().parents[1]
 _LINE = "JOB_MEMORY"
-
-
-def resident_mb() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status: this benchmark needs Linux")
 
 
 class JobMemory(Callback):
     """Prints `JOB_MEMORY <job> <resident MB> <peak MB>` when a job of the multirun ends."""
 
     def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(f"{_LINE} {config.hydra.job.num} {resident_mb():.0f} {peak:.0f}", flush=True)
+        print(f"{_LINE} {config.hydra.job.num} {status_mb('VmRSS'):.0f} {status_mb('VmHWM'):.0f}", flush=True)
 
 
 def main() -> None:
