@@ -1,16 +1,9 @@
-"""Train a multilingual dual encoder: `python train.py sampler=hybrid model=labse` (see README.md)."""
+"""Train a multilingual dual encoder: `python train.py sampler=hybrid model=labse` (see README.md).
 
-import hydra
-from omegaconf import DictConfig
+The same as the `hybatch-train` console script; the logic is in hybatch.cli and hybatch.training.
+"""
 
-from hybatch.config import CONFIG_DIR
-from hybatch.training import run_training
-
-
-@hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")
-def main(cfg: DictConfig) -> float | None:
-    return run_training(cfg)
-
+from hybatch.cli import train
 
 if __name__ == "__main__":
-    main()
+    train()

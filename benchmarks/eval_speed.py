@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
-from hybatch.evaluation.lareqa import load_lareqa_benchmark, score_lareqa
+from hybatch.data.lareqa import load_lareqa_benchmark
+from hybatch.evaluation.lareqa import score_lareqa
 
 REPO = Path(__file__).resolve().parents[1]
 

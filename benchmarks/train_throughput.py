@@ -1,14 +1,24 @@
-"""Training throughput (pairs/s) of hybatch against sentence-transformers' trainer, in one run.
+"""Training throughput (pairs/s) of hybatch against sentence-transformers' trainer at EQUAL work, in one run.
 
 Both train the same backbone (the bundled multilingual-e5-small, from the same weights) on the same
 XQuAD-R pairs in the same batches (hybatch's hybrid sampler decides them; sentence-transformers gets
 them in that order, with the same "query: " / "passage: " prefixes), with the same maximum length, an
 InfoNCE loss over in-batch negatives at the same temperature (MultipleNegativesRankingLoss, scale 20 =
-1 / 0.05), AdamW, fp32, dropout on, no gradient clipping, no evaluation or checkpoints. Each side is
-timed from the end of its warm-up steps to the end of its last step: data loading, tokenisation,
-forward, backward and optimiser step included.
+1 / 0.05), fused AdamW with the same learning rate, schedule and weight-decay groups (matrices decayed;
+biases and LayerNorm weights not), fp32, dropout on, no gradient clipping, no evaluation or checkpoints.
+Each side is timed from the end of its warm-up steps to the end of its last step: data loading,
+tokenisation, forward, backward and optimiser step included.
+
+The same parameters train on both sides, in two cases (`--trainable`): `full` (every parameter) and
+`frozen-embeddings` (the word-embedding matrix frozen on both sides, hybatch's
+`model.freeze_embeddings=true`, `get_input_embeddings().requires_grad_(False)` for
+sentence-transformers). BERT's pooler, which neither side uses (hybatch drops it), is kept out of
+sentence-transformers' optimiser. Before any ratio is printed the benchmark checks, and refuses to
+report otherwise, that both optimisers hold the same number of parameters in the same decay groups,
+both fused, and that hybatch's collator saw exactly the texts given to sentence-transformers, in order.
 
     python benchmarks/train_throughput.py [XQUAD_R_DIR] [--batch-size 32] [--steps 20] [--rounds 2]
+        [--trainable both|full|frozen-embeddings]
 
 Each round runs both, hybatch first in odd rounds and second in even ones; on a machine shared with
 other jobs, take several rounds and compare within a round. sentence-transformers' trainer needs
@@ -23,6 +33,7 @@ import os
 import statistics
 import tempfile
 import time
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +53,42 @@ REPO = Path(__file__).resolve().parents[1]
 TEMPERATURE = 0.05
 
 
+CASES = {"full": False, "frozen-embeddings": True}  # case -> embedding matrix frozen
+
+
+class UnequalWork(RuntimeError):
+    """The two sides would not do the same work: no ratio is reported."""
+
+
+def optimiser_summary(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Parameters per weight-decay value, total, and whether the step is fused (accelerate's wrapper unwrapped)."""
+    optimizer = getattr(optimizer, "optimizer", optimizer)
+    groups: dict[float, int] = {}
+    for group in optimizer.param_groups:
+        n = sum(p.numel() for p in group["params"] if p.requires_grad)
+        if n:
+            groups[float(group["weight_decay"])] = groups.get(float(group["weight_decay"]), 0) + n
+    return {"trainable": sum(groups.values()), "groups": groups, "fused": bool(optimizer.defaults.get("fused")),
+            "lr": optimizer.defaults["lr"]}
+
+
+class RecordingCollator:
+    """Hands rows to a collator (hybatch's or sentence-transformers', whose other attributes it passes
+    through) and keeps their (query, positive) texts, to check the batches."""
+
+    def __init__(self, collator: Any, query_key: str = "query") -> None:
+        self.collator = collator
+        self.query_key = query_key
+        self.seen: list[tuple[str, str]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["collator"], name)
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        self.seen.extend((r[self.query_key], r["positive"]) for r in rows)
+        return self.collator(rows)
+
+
 class StepTimer(pl.Callback):
     """Seconds from the end of step `warmup` to the end of the last step."""
 
@@ -56,8 +103,9 @@ class StepTimer(pl.Callback):
         self.end = time.perf_counter()
 
 
-def compose_run(args: argparse.Namespace, output_dir: str) -> Any:
+def compose_run(args: argparse.Namespace, output_dir: str, frozen: bool) -> Any:
     overrides = [
+        f"model.freeze_embeddings={str(frozen).lower()}",
         "model=me5_small_bundled", f"model.query_max_length={args.max_length}",
         f"model.passage_max_length={args.max_length}", f"data.data_dir={args.data_dir}",
         f"data.languages=[{args.languages}]", f"data.source.languages=[{args.languages}]",
@@ -69,12 +117,14 @@ def compose_run(args: argparse.Namespace, output_dir: str) -> Any:
         return compose("train", overrides=overrides)
 
 
-def hybatch_run(cfg: Any, args: argparse.Namespace) -> float:
-    """Seconds for `args.steps` steps of hybatch's own pipeline (data module, sampler, Lightning)."""
+def hybatch_run(cfg: Any, args: argparse.Namespace) -> tuple[float, dict[str, Any], list[tuple[str, str]]]:
+    """Seconds for `args.steps` steps of hybatch's own pipeline (data module, sampler, Lightning), its
+    optimiser's summary and the (query, passage) texts its collator received."""
     pl.seed_everything(cfg.seed, verbose=False)
     datamodule = instantiate(cfg.data, sampler=instantiate(cfg.sampler), seed=cfg.seed)
     encoder = instantiate(cfg.model)
-    datamodule.collator = PairCollator.from_encoder(encoder)
+    recorder = RecordingCollator(PairCollator.from_encoder(encoder))
+    datamodule.collator = recorder
     module = instantiate(cfg.module, encoder=encoder)
     timer = StepTimer(args.warmup_steps)
     trainer = pl.Trainer(
@@ -91,7 +141,7 @@ def hybatch_run(cfg: Any, args: argparse.Namespace) -> float:
         callbacks=[timer],
     )
     trainer.fit(module, datamodule=datamodule)
-    return timer.end - timer.start
+    return timer.end - timer.start, optimiser_summary(trainer.optimizers[0]), recorder.seen
 
 
 def planned_pairs(cfg: Any, args: argparse.Namespace) -> dict[str, list[str]]:
@@ -110,8 +160,11 @@ def planned_pairs(cfg: Any, args: argparse.Namespace) -> dict[str, list[str]]:
     return {"anchor": queries, "positive": passages}
 
 
-def sentence_transformers_run(cfg: Any, args: argparse.Namespace, pairs: dict[str, list[str]], output_dir: str) -> float:
-    """Seconds for `args.steps` steps of SentenceTransformerTrainer on the same batches."""
+def sentence_transformers_run(
+    cfg: Any, args: argparse.Namespace, pairs: dict[str, list[str]], output_dir: str, frozen: bool
+) -> tuple[float, dict[str, Any], list[tuple[str, str]]]:
+    """Seconds for `args.steps` steps of SentenceTransformerTrainer on the same batches, its optimiser's
+    summary and the (anchor, positive) texts its collator received."""
     from datasets import Dataset
     from sentence_transformers import (
         SentenceTransformer,
@@ -137,6 +190,11 @@ def sentence_transformers_run(cfg: Any, args: argparse.Namespace, pairs: dict[st
     torch.manual_seed(cfg.seed)
     model = SentenceTransformer(str(bundled_model_dir(args.cache_dir)), device="cpu")
     model.max_seq_length = args.max_length
+    backbone = model[0].auto_model
+    if getattr(backbone, "pooler", None) is not None:
+        backbone.pooler.requires_grad_(False)  # unused by mean pooling; hybatch drops it
+    if frozen:
+        backbone.get_input_embeddings().requires_grad_(False)  # as hybatch's model.freeze_embeddings
     training_args = SentenceTransformerTrainingArguments(
         output_dir=output_dir,
         per_device_train_batch_size=args.batch_size,
@@ -145,6 +203,7 @@ def sentence_transformers_run(cfg: Any, args: argparse.Namespace, pairs: dict[st
         weight_decay=cfg.module.weight_decay,
         warmup_ratio=cfg.module.warmup,
         max_grad_norm=0.0,
+        optim="adamw_torch_fused",
         batch_sampler=in_order,
         dataloader_num_workers=0,
         save_strategy="no",
@@ -162,8 +221,29 @@ def sentence_transformers_run(cfg: Any, args: argparse.Namespace, pairs: dict[st
         loss=MultipleNegativesRankingLoss(model, scale=1 / TEMPERATURE),
         callbacks=[timer],
     )
+    recorder = RecordingCollator(trainer.data_collator, "anchor")
+    trainer.data_collator = recorder
     trainer.train()
-    return timer.end - timer.start
+    return timer.end - timer.start, optimiser_summary(trainer.optimizer), recorder.seen
+
+
+def check_equal_work(
+    ours: dict[str, Any], theirs: dict[str, Any], seen: list[tuple[str, str]], seen_st: list[tuple[str, str]],
+    pairs: dict[str, list[str]], prefixes: tuple[str, str],
+) -> None:
+    """Raise `UnequalWork` unless both optimisers are alike and both collators received the planned
+    texts in the planned order (hybatch's without its prefixes, which its encoder adds)."""
+    for key in ("trainable", "groups", "fused", "lr"):
+        if ours[key] != theirs[key]:
+            raise UnequalWork(f"optimisers differ in {key}: hybatch {ours[key]}, sentence-transformers {theirs[key]}")
+    if not ours["fused"]:
+        raise UnequalWork("AdamW is not fused")
+    given = list(zip(pairs["anchor"], pairs["positive"], strict=True))
+    for side, texts in (("hybatch", [(prefixes[0] + q, prefixes[1] + p) for q, p in seen]), ("sentence-transformers", seen_st)):
+        # Loaders read ahead: what a side received may go on past the last planned pair.
+        if texts[: len(given)] != given:
+            first = next((i for i, (a, b) in enumerate(zip(texts, given)) if a != b), min(len(texts), len(given)))
+            raise UnequalWork(f"{side}'s batches differ from the planned ones from pair {first} on")
 
 
 def main() -> None:
@@ -176,6 +256,8 @@ def main() -> None:
     parser.add_argument("--warmup-steps", type=int, default=3, help="untimed steps before them")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--lr", type=float, default=3e-5)
+    parser.add_argument("--trainable", choices=["both", *CASES], default="both",
+                        help="full model, embedding matrix frozen on both sides, or both cases")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--cache-dir", default=os.environ.get("HYBATCH_CACHE", str(Path.home() / ".cache" / "hybatch")))
     args = parser.parse_args()
@@ -183,33 +265,54 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
 
+    cases = list(CASES) if args.trainable == "both" else [args.trainable]
+    results: dict[str, list[tuple[float, float]]] = {}
+    params: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = compose_run(args, tmp)
-        pairs = planned_pairs(cfg, args)
-        n_pairs = args.steps * args.batch_size
-        rounds = []
-        for r in range(args.rounds):
-            # Alternate which side goes first: a change in the machine's load then favours neither.
-            if r % 2 == 0:
-                ours = n_pairs / hybatch_run(cfg, args)
-                theirs = n_pairs / sentence_transformers_run(cfg, args, pairs, tmp)
-            else:
-                theirs = n_pairs / sentence_transformers_run(cfg, args, pairs, tmp)
-                ours = n_pairs / hybatch_run(cfg, args)
-            rounds.append((ours, theirs))
-            print(f"round {r + 1}: hybatch {ours:.2f} pairs/s, sentence-transformers {theirs:.2f} pairs/s")
+        for case in cases:
+            frozen = CASES[case]
+            cfg = compose_run(args, tmp, frozen)
+            pairs = planned_pairs(cfg, args)
+            prefixes = (cfg.model.query_prefix, cfg.model.passage_prefix)
+            n_pairs = args.steps * args.batch_size
+            results[case] = []
+            for r in range(args.rounds):
+                # Alternate which side goes first: a change in the machine's load then favours neither.
+                if r % 2 == 0:
+                    ours_s, ours, seen = hybatch_run(cfg, args)
+                    theirs_s, theirs, seen_st = sentence_transformers_run(cfg, args, pairs, tmp, frozen)
+                else:
+                    theirs_s, theirs, seen_st = sentence_transformers_run(cfg, args, pairs, tmp, frozen)
+                    ours_s, ours, seen = hybatch_run(cfg, args)
+                check_equal_work(ours, theirs, seen, seen_st, pairs, prefixes)
+                params[case] = (ours, theirs)
+                results[case].append((n_pairs / ours_s, n_pairs / theirs_s))
+                print(f"{case}, round {r + 1}: hybatch {n_pairs / ours_s:.2f} pairs/s, "
+                      f"sentence-transformers {n_pairs / theirs_s:.2f} pairs/s")
 
+    console = Console(width=160)  # wide enough for every column, on a terminal or in a log file
+    work = Table(title="Equal work: what each side's optimiser trains (checked identical before any ratio)")
+    for column in ("case", "side", "trainable parameters", "decayed", "not decayed", "fused AdamW", "lr"):
+        work.add_column(column, justify="right")
+    for case, (ours, theirs) in params.items():
+        for side, summary in (("hybatch", ours), ("sentence-transformers", theirs)):
+            work.add_row(case, side, f"{summary['trainable']:,}", f"{summary['groups'].get(cfg.module.weight_decay, 0):,}",
+                         f"{summary['groups'].get(0.0, 0):,}", str(summary["fused"]), f"{summary['lr']:g}")
+    console.print(work)
     table = Table(
-        title=f"Training throughput, pairs/s (batch {args.batch_size}, max length {args.max_length}, "
-        f"{args.steps} timed steps, {torch.get_num_threads()} torch threads)"
+        title=f"Training throughput, pairs/s (batch {args.batch_size}, max length {args.max_length}, fp32, "
+        f"{args.steps} timed steps after {args.warmup_steps}, {torch.get_num_threads()} torch threads)"
     )
-    for column in ("round", "hybatch", "sentence-transformers", "ratio"):
+    for column in ("case", "round", "hybatch", "sentence-transformers", "ratio"):
         table.add_column(column, justify="right")
-    for r, (ours, theirs) in enumerate(rounds, 1):
-        table.add_row(str(r), f"{ours:.2f}", f"{theirs:.2f}", f"{ours / theirs:.3f}")
-    ratios = [ours / theirs for ours, theirs in rounds]
-    table.add_row("median", "", "", f"{statistics.median(ratios):.3f}")
-    Console().print(table)
+    for case, rounds in results.items():
+        for r, (ours, theirs) in enumerate(rounds, 1):
+            table.add_row(case, str(r), f"{ours:.2f}", f"{theirs:.2f}", f"{ours / theirs:.3f}")
+        table.add_row(case, "median", "", "", f"{statistics.median(o / t for o, t in rounds):.3f}")
+    console.print(table)
+    print(f"versions: torch {torch.__version__}, sentence-transformers {version('sentence-transformers')}, "
+          f"transformers {version('transformers')}, datasets {version('datasets')}, accelerate {version('accelerate')}; "
+          f"{time.strftime('%Y-%m-%d')}, load average {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,8 @@
-"""Shared fixtures. Tests marked `gpu` need CUDA; `network` ones run only with HYBATCH_NETWORK_TESTS=1."""
+"""Shared fixtures. Tests marked `gpu` need CUDA; `network` ones run only with HYBATCH_NETWORK_TESTS=1.
+
+Tests on ../shared/data skip when it is missing, except under HYBATCH_REQUIRE_SHARED_DATA=1 (set by
+.ci/run), where a missing data set fails them: CI must not pass having run fewer tests than it seems.
+"""
 
 import os
 from pathlib import Path
@@ -8,6 +12,14 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 XQUAD_R_DIR = Path(os.environ.get("HYBATCH_XQUAD_R_DIR", REPO.parent / "shared" / "data" / "xquad-r"))
+REQUIRE_SHARED_DATA = os.environ.get("HYBATCH_REQUIRE_SHARED_DATA") == "1"
+
+
+def missing_shared_data(message: str) -> None:
+    """Skip the test, or fail it under HYBATCH_REQUIRE_SHARED_DATA=1; every missing-data skip goes through here."""
+    if REQUIRE_SHARED_DATA:
+        pytest.fail(f"{message}; HYBATCH_REQUIRE_SHARED_DATA=1 makes missing shared data a failure", pytrace=False)
+    pytest.skip(message)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -22,7 +34,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def xquad_r_dir() -> Path:
     if not (XQUAD_R_DIR / "en.json").is_file():
-        pytest.skip(f"XQuAD-R not found at {XQUAD_R_DIR} (set HYBATCH_XQUAD_R_DIR)")
+        missing_shared_data(f"XQuAD-R not found at {XQUAD_R_DIR} (set HYBATCH_XQUAD_R_DIR)")
     return XQUAD_R_DIR
 
 

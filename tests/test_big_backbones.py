@@ -32,12 +32,14 @@ from transformers import (
 )
 
 import hybatch.encoder
+import hybatch.models.sentence_transformers_folder
+from hybatch.checkpoints import CheckpointMismatchError, load_deepspeed_encoder_weights
 from hybatch.config import CONFIG_DIR
 from hybatch.encoder import DualEncoder
 from hybatch.loss import ContrastiveLoss, contrastive_loss
 from hybatch.models.bundled import bundled_tokenizer
 from hybatch.models.sharding import TransformerBlockPolicy
-from hybatch.module import CheckpointMismatchError, DualEncoderModule, load_deepspeed_encoder_weights
+from hybatch.module import DualEncoderModule
 
 # The published architectures (config.json of each hub repo) and their parameter counts.
 ARCHITECTURES: dict[str, tuple[PretrainedConfig, float]] = {
@@ -117,7 +119,7 @@ def offline_loader(monkeypatch: pytest.MonkeyPatch, tokenizer) -> Callable[[str]
             return AutoModel.from_config(tiny_variant(config, len(tokenizer)), dtype=dtype), tokenizer
 
         monkeypatch.setattr(hybatch.encoder, "_load_backbone", load)
-        monkeypatch.setattr(hybatch.encoder, "_local_or_hub_file", lambda *_: None)
+        monkeypatch.setattr(hybatch.models.sentence_transformers_folder, "_local_or_hub_file", lambda *_: None)
         return requests
 
     return use
@@ -311,7 +313,7 @@ def test_lora_export_merges_adapters_into_a_plain_model(tmp_path: Path, tokenize
     texts = ["Wie viele Punkte?", "¿Cuántos puntos?"]
     want = encoder.encode(texts, "query", progress=False)
     encoder.save_pretrained(tmp_path / "model")
-    reloaded = DualEncoder(str(tmp_path / "model"))
+    reloaded = DualEncoder.from_pretrained(str(tmp_path / "model"))
     assert not any("lora_" in n for n, _ in reloaded.named_parameters())
     torch.testing.assert_close(reloaded.encode(texts, "query", progress=False), want, rtol=1e-5, atol=1e-5)
     # The trained encoder keeps its adapters.

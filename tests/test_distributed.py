@@ -39,8 +39,10 @@ class _RecordingLoss(ContrastiveLoss):
 
     last: Tensor | None = None
 
-    def forward(self, queries: Tensor, positives: Tensor, negatives: Tensor | None = None) -> ContrastiveOutput:
-        out = super().forward(queries, positives, negatives)
+    def forward(
+        self, queries: Tensor, positives: Tensor, negatives: Tensor | None = None, passage_keys: Tensor | None = None
+    ) -> ContrastiveOutput:
+        out = super().forward(queries, positives, negatives, passage_keys)
         self.last = out.loss.detach().clone()
         return out
 

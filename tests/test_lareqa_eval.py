@@ -18,15 +18,16 @@ from omegaconf import OmegaConf, open_dict
 from sklearn.metrics import average_precision_score
 
 from hybatch.config import CONFIG_DIR
-from hybatch.data.lareqa import Candidate, LareqaLanguage, Question
-from hybatch.evaluation.lareqa import (
+from hybatch.data.lareqa import (
+    Candidate,
+    LareqaLanguage,
+    Question,
     build_lareqa_benchmark,
-    evaluate_lareqa,
     load_lareqa_benchmark,
-    score_lareqa,
 )
+from hybatch.evaluation.lareqa import evaluate_lareqa, score_lareqa
 from hybatch.evaluation.runner import build_benchmarks, run_evaluation
-from hybatch.reports import log_results
+from hybatch.loggers import log_results
 
 XQUAD_LANGS = ("ar", "de", "el", "en", "es", "hi", "ru", "th", "tr", "vi", "zh")
 

@@ -3,7 +3,7 @@
 import csv
 import pickle
 
-from hybatch.reports.loggers import ProcessSafeCSVLogger
+from hybatch.loggers import ProcessSafeCSVLogger
 
 
 def test_csv_logger_keeps_what_other_processes_wrote(tmp_path):

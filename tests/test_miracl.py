@@ -14,12 +14,8 @@ import pytrec_eval
 import torch
 import torch.nn.functional as F
 
-from hybatch.evaluation.miracl import (
-    MiraclFormatError,
-    MiraclTask,
-    evaluate_miracl_language,
-    load_miracl_language,
-)
+from hybatch.data.miracl import MiraclFormatError, load_miracl_language
+from hybatch.evaluation.miracl import MiraclTask, evaluate_miracl_language
 from hybatch.retrieval import DenseIndex, EmbeddingShards, encode_shards, search_shards
 from hybatch.retrieval.index import ShardStoreError
 

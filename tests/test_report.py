@@ -5,7 +5,7 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
-from hybatch.report import collect, summarise, to_markdown, write_report
+from hybatch.report.sweep import collect, summarise, to_markdown, write_report
 
 
 def fake_run(root, name, model, sampler, seed, multi_map, alpha=None):

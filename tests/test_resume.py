@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from hybatch.callbacks import AtomicCheckpointIO, _rng_states, _set_rng_states, load_tensors_only
+from hybatch.callbacks import _rng_states, _set_rng_states
+from hybatch.checkpoints import AtomicCheckpointIO, load_tensors_only
 from hybatch.data.corpus import ParallelCorpus, ParallelExample, Translation
-from hybatch.datamodule import PairDataset, ResumableDataLoader, _FixedEpoch
+from hybatch.datamodule import PairDataset, ResumableDataLoader
 from hybatch.samplers import HybridBatchSampler
 from hybatch.training import resolve_ckpt_path
 
@@ -128,7 +129,7 @@ def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 KILLED_WRITER = '''
 import sys, torch
 from pathlib import Path
-from hybatch.callbacks import AtomicCheckpointIO
+from hybatch.checkpoints import AtomicCheckpointIO
 path, ready = Path(sys.argv[1]), Path(sys.argv[2])
 io = AtomicCheckpointIO()
 for step in range(10**6):
@@ -199,11 +200,3 @@ def test_loader_restores_its_position_then_starts_each_epoch_afresh():
     assert list(resumed) == epoch_0  # the next iterator: the epoch Lightning is in, from its start
     resumed.load_state_dict({**reference.state_dict(), "epoch": 0, "next_batch": 5})  # epoch 0 fully processed
     assert list(resumed) == epoch_1
-
-
-def test_held_out_batches_ignore_the_epoch_lightning_announces():
-    loader = make_loader([0], [0])
-    fixed = _FixedEpoch(loader.batch_sampler)
-    first = list(fixed)
-    loader.batch_sampler.set_epoch(3)
-    assert not hasattr(fixed, "sampler") and list(fixed) == first

@@ -55,7 +55,7 @@ def test_train_tiny_writes_model_metrics_and_config(tmp_path, xquad_r_dir, cache
     # The exported folder reloads into our encoder with the same embeddings as sentence-transformers.
     from hybatch.encoder import DualEncoder
 
-    ours = DualEncoder(str(run_dir / "model")).encode(["Wie viele Punkte?"], "query", progress=False)
+    ours = DualEncoder.from_pretrained(str(run_dir / "model")).encode(["Wie viele Punkte?"], "query", progress=False)
     assert float((ours[0] * __import__("torch").from_numpy(emb[0])).sum()) > 0.9999
 
 
@@ -69,7 +69,7 @@ def test_multirun_over_samplers(tmp_path, xquad_r_dir, cache_dir):
     runs = sorted(p.parent for p in sweep.glob("*/metrics.json"))
     assert len(runs) == 3
 
-    from hybatch.report import write_report
+    from hybatch.report.sweep import write_report
 
     markdown = write_report(sweep)
     for sampler in ("zero-shot", "mono", "cross", "hybrid"):

@@ -1,106 +1,30 @@
-"""What resuming needs beyond Lightning's defaults: atomic, tensors-only checkpoints and exact state.
+"""The project's Lightning callbacks: exact resumption, step checkpoints, LAReQA evaluation.
 
 Lightning restores the weights, optimiser, scheduler and loop counters, and (through
 `RetrievalDataModule.state_dict`) the sampler's position. It does not restore the global random number
 generators, which dropout draws from, nor the metrics logged before the checkpoint; `ExactResume`
 adds both, so that a resumed run continues bit for bit where the interrupted one stopped.
+`LareqaEvaluation` scores the held-out LAReQA benchmarks at every validation and test.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import pickle
 import random
-import uuid
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
+from hybatch.evaluation.lareqa import evaluate_lareqa
+
+if TYPE_CHECKING:
+    from hybatch.data.lareqa import LareqaBenchmark
+
 log = logging.getLogger(__name__)
-
-
-class CheckpointLoadError(RuntimeError):
-    """A checkpoint file cannot be read as a tensors-only training checkpoint."""
-
-
-def load_tensors_only(path: str | os.PathLike, map_location: Any = "cpu", mmap: bool = False) -> dict[str, Any]:
-    """`torch.load(weights_only=True)`: tensors and plain Python values only, no pickled code runs.
-
-    A truncated file or one that needs arbitrary unpickling is answered with the path and the reason.
-    `mmap=True` maps the tensors instead of reading them: cheap when only the metadata is needed.
-    """
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as err:
-        raise CheckpointLoadError(
-            f"{path} holds objects other than tensors and plain Python values; it is refused because loading "
-            f"it would run pickled code ({str(err).splitlines()[0]})"
-        ) from err
-    except (RuntimeError, EOFError) as err:
-        raise CheckpointLoadError(f"{path} is not a readable checkpoint (truncated or corrupt?): {err}") from err
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes a checkpoint to a temporary file next to it, then renames it over the target.
-
-    A kill during a save leaves the previous checkpoint intact (and at worst a `.<name>.*.tmp` file,
-    removed by the next save of the same checkpoint). Loading is always tensors-only.
-    """
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any | None = None) -> None:
-        if "://" in str(path):
-            # Remote filesystems: Lightning's fsspec transaction.
-            super().save_checkpoint(checkpoint, path, storage_options)
-            return
-        if storage_options is not None:
-            raise TypeError(f"{type(self).__name__} does not take storage_options (got {storage_options!r})")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        for stale in path.parent.glob(f".{path.name}.*.tmp"):
-            stale.unlink(missing_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        # O_EXCL: a fresh file; mode 0o666 minus the umask, like any file the user writes.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        _fsync_dir(path.parent)
-
-    def load_checkpoint(
-        self, path: str | os.PathLike, map_location: Callable | None = lambda storage, loc: storage, weights_only: bool | None = None
-    ) -> dict[str, Any]:
-        if weights_only is False:
-            raise CheckpointLoadError(f"{path}: checkpoints load with weights_only=True only")
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"checkpoint {path} does not exist")
-        return load_tensors_only(path, map_location)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename itself durable (POSIX; a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class StepCheckpoint(ModelCheckpoint):
@@ -183,3 +107,59 @@ class ExactResume(Callback):
             _set_rng_states(self._rng)
             self._rng = None
             log.info("resumed with the checkpoint's RNG states")
+
+
+# Logged every validation / test; the per-pair and per-language keys go to metrics.json only.
+_LOGGED_PREFIXES = ("mono/", "cross/", "multi/")
+
+
+def _loggable(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if k.startswith(_LOGGED_PREFIXES) and k.count("/") == 1}
+
+
+class LareqaEvaluation(Callback):
+    """Scores the module's `encoder` on the validation / test LAReQA benchmarks at the end of every
+    validation and test epoch; logs `val/<setting>/<metric>` and `test/<setting>/<metric>`.
+
+    The summary metrics (`mono/mAP`, `multi/lang_bias`, ...) go to the loggers, averaged over ranks
+    (every rank evaluated the same weights: the mean is the value, and keeps the ranks in step). The
+    test split's full set (with `pair/<q>-<c>/...` and per-language keys) is kept in `test_metrics`;
+    the keys not logged reach `trainer.callback_metrics` too, without the loggers: the way they come
+    back to the launching process when the test ran in worker processes (`trainer.strategy=ddp_spawn`),
+    where this object's `test_metrics` stays empty. With `test_per_query_path`, global rank 0 also
+    writes every test query's values there (`hybatch.evaluation.lareqa.write_per_query`).
+    """
+
+    def __init__(
+        self,
+        val: LareqaBenchmark | None,
+        test: LareqaBenchmark | None,
+        batch_size: int = 64,
+        test_per_query_path: str | os.PathLike | None = None,
+    ) -> None:
+        self.benchmarks = {"val": val, "test": test}
+        self.batch_size = batch_size
+        self.test_per_query_path = test_per_query_path
+        self.test_metrics: dict[str, float] = {}
+
+    def _evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str) -> dict[str, float]:
+        bench = self.benchmarks[split]
+        if bench is None:
+            return {}
+        per_query = self.test_per_query_path if split == "test" and trainer.is_global_zero else None
+        metrics = evaluate_lareqa(
+            bench, pl_module.encoder, batch_size=self.batch_size, progress=False, per_query_path=per_query
+        )
+        return {f"{split}/{k}": v for k, v in metrics.items()}
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = self._evaluate(trainer, pl_module, "val")
+        pl_module.log_dict({f"val/{k}": v for k, v in _loggable({k[4:]: v for k, v in metrics.items()}).items()}, sync_dist=True)
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.test_metrics = self._evaluate(trainer, pl_module, "test")
+        logged = {f"test/{k}": v for k, v in _loggable({k[5:]: v for k, v in self.test_metrics.items()}).items()}
+        pl_module.log_dict(logged, sync_dist=True)
+        pl_module.log_dict({k: v for k, v in self.test_metrics.items() if k not in logged}, logger=False, sync_dist=True)

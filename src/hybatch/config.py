@@ -6,10 +6,14 @@ import logging
 import netrc
 import os
 from pathlib import Path
+from typing import Any
 
-from omegaconf import OmegaConf
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+# The configs ship inside the package (`pip install .` works outside a checkout); the top-level
+# conf/ of a checkout is a link to this folder.
+CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
 
 
 def wandb_offline() -> bool:
@@ -36,6 +40,13 @@ def sweep_group() -> str | None:
     if hydra_cfg.mode != RunMode.MULTIRUN:
         return None
     return Path(hydra_cfg.sweep.dir).name
+
+
+def instantiate_dict(cfg: DictConfig | None) -> list[Any]:
+    """Instantiate every `_target_` entry of a config group that is a dict of named objects."""
+    if not cfg:
+        return []
+    return [instantiate(c) for c in cfg.values() if isinstance(c, DictConfig) and "_target_" in c]
 
 
 def register_resolvers() -> None:

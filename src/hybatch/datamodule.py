@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Callable, Iterator, Sequence
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -13,6 +16,12 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from hybatch.collate import PairCollator
 from hybatch.data.corpus import CorpusError, ParallelCorpus
 from hybatch.data.training_data import TrainingData
+from hybatch.held_out_batches import (
+    HeldOutBatchConfig,
+    HeldOutPlan,
+    PlannedBatchSampler,
+    plan_held_out_batches,
+)
 from hybatch.samplers import BatchItem, ParallelBatchSampler
 
 log = logging.getLogger(__name__)
@@ -21,11 +30,13 @@ SamplerFactory = Callable[..., ParallelBatchSampler]
 
 
 class PairDataset(Dataset):
-    """Looks up the texts of a `BatchItem`: the query in its language, the passage in its own."""
+    """Looks up the texts of a `BatchItem`: the query in its language, the passage in its own, and the
+    passage's identity key (`ParallelCorpus.passage_keys`: same key, same passage)."""
 
     def __init__(self, corpus: ParallelCorpus, num_hard_negatives: int = 0) -> None:
         self.corpus = corpus
         self.num_hard_negatives = num_hard_negatives
+        self.passage_keys = corpus.passage_keys()
 
     def __len__(self) -> int:
         return len(self.corpus)
@@ -41,6 +52,7 @@ class PairDataset(Dataset):
             "negatives": list(passage.negatives[: self.num_hard_negatives]),
             "query_lang": item.query_lang,
             "passage_lang": item.passage_lang,
+            "passage_key": self.passage_keys[item.example],
         }
 
 
@@ -84,24 +96,6 @@ class ResumableDataLoader(DataLoader):
         self._resume = dict(state)
 
 
-class _FixedEpoch(Sampler[list[BatchItem]]):
-    """Validation / test batches: epoch 0's plan every time, whatever epoch Lightning announces.
-
-    The wrapped sampler is deliberately not called `sampler`: Lightning calls `set_epoch` on a
-    batch sampler's `sampler` attribute.
-    """
-
-    def __init__(self, sampler: ParallelBatchSampler) -> None:
-        self._plan = sampler
-
-    def __len__(self) -> int:
-        return len(self._plan)
-
-    def __iter__(self) -> Iterator[list[BatchItem]]:
-        self._plan.load_state_dict({**self._plan.state_dict(), "epoch": 0, "next_batch": 0})
-        return iter(self._plan)
-
-
 class RetrievalDataModule(pl.LightningDataModule):
     """Training pairs in the composition a batch sampler decides, plus the held-out benchmarks.
 
@@ -110,6 +104,8 @@ class RetrievalDataModule(pl.LightningDataModule):
     source downloads them into the cache). `sampler` is a partially configured batch sampler; the
     data module completes it with the data, the batch size and this process's rank. `hygiene`
     (e.g. `BenchmarkHygiene`) refuses or drops training examples found in evaluation data.
+    `val_batches` (`HeldOutBatchConfig` or its mapping) plans the validation and test loss batches
+    from the held-out data alone, the same for every sampler (`hybatch.held_out_batches`).
     Loaders draw their seeds from generators of their own, never from the global RNG, so that
     creating an iterator does not change the dropout masks of training (exact resumption).
     """
@@ -126,6 +122,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         num_hard_negatives: int = 0,
         seed: int = 0,
         hygiene: Callable[[TrainingData], TrainingData] | None = None,
+        val_batches: Mapping[str, Any] | HeldOutBatchConfig | None = None,
     ) -> None:
         super().__init__()
         if num_hard_negatives < 0:
@@ -140,6 +137,8 @@ class RetrievalDataModule(pl.LightningDataModule):
         self.num_hard_negatives = num_hard_negatives
         self.seed = seed
         self.hygiene = hygiene
+        self.val_batches = HeldOutBatchConfig.from_config(val_batches)
+        self._plans: dict[tuple[str, int], HeldOutPlan] = {}
         self.data: TrainingData | None = None
         self._train_loader: ResumableDataLoader | None = None
         self._resume_state: dict[str, Any] | None = None
@@ -186,10 +185,42 @@ class RetrievalDataModule(pl.LightningDataModule):
             self.languages,
         )
 
-    def check(self) -> None:
-        """Load the data and build the training sampler once: a data or sampler error stops a run
-        before it writes anything (the distributed run checks again with its world size)."""
+    def check(self, monitor: str | None = None) -> None:
+        """Load the data, build the training sampler and plan the held-out loss batches once: a data
+        or sampler error stops a run before it writes anything (the distributed run checks again with
+        its world size). `monitor` (the checkpoint metric) must be one the validation can log."""
         self.make_sampler("train")
+        for split in ("val", "test"):
+            self.held_out_plan(split)
+        if monitor and monitor.startswith("val/") and monitor not in ("val/loss", "val/accuracy") and self.val_benchmark is None:
+            raise CorpusError(
+                f"the checkpoint monitor {monitor!r} is a retrieval metric, but the validation data has no LAReQA "
+                "benchmark (data=xquad_r_split has one); monitor val/loss"
+            )
+
+    def held_out_plan(self, split: str, world_size: int = 1) -> HeldOutPlan | None:
+        """The planned loss batches of the val or test split (None without that split)."""
+        self.setup()
+        corpus = getattr(self.data, split)
+        if corpus is None:
+            return None
+        if (split, world_size) not in self._plans:
+            self._plans[split, world_size] = plan_held_out_batches(
+                corpus, self.languages, self.val_batches, self.batch_size, world_size, split
+            )
+        return self._plans[split, world_size]
+
+    def write_run_plans(self, output_dir: str | Path, world_size: int = 1) -> None:
+        """`val_batches.json` (the validation loss batches) and, when the source split by article,
+        `split.json` (train / val / test article titles) into the run dir."""
+        output_dir = Path(output_dir)
+        plan = self.held_out_plan("val", world_size)
+        if plan is not None:
+            plan.write(output_dir / "val_batches.json", self.data.val)
+        if self.data.split is not None:
+            tmp = output_dir / f".split.json.{os.getpid()}.tmp"  # every rank writes the same file
+            tmp.write_text(json.dumps(self.data.split, indent=1, ensure_ascii=False) + "\n")
+            tmp.replace(output_dir / "split.json")
 
     def make_sampler(self, split: str, world_size: int = 1, rank: int = 0, batch_size: int | None = None) -> ParallelBatchSampler:
         """The configured sampler over one split (also used by `hybatch.describe_batches`)."""
@@ -234,18 +265,11 @@ class RetrievalDataModule(pl.LightningDataModule):
         return loader
 
     def _held_out_loader(self, split: str) -> DataLoader | list:
-        corpus = getattr(self.data, split)
-        if corpus is None:
-            return []
         world_size, rank = self._world()
-        # A small held-out split still gets loss batches; they are never larger than the training ones.
-        batch_size = min(self.batch_size, len(corpus) // world_size)
-        if batch_size < 1:
-            raise CorpusError(f"the {split} split has {len(corpus)} examples, fewer than the {world_size} devices")
-        if batch_size < self.batch_size:
-            log.info("%s loss batches hold %d pairs (the split has %d examples)", split, batch_size, len(corpus))
-        sampler = self.make_sampler(split, world_size, rank, batch_size)
-        return self._loader(corpus, _FixedEpoch(sampler))
+        plan = self.held_out_plan(split, world_size)
+        if plan is None:
+            return []
+        return self._loader(getattr(self.data, split), PlannedBatchSampler(plan, rank))
 
     def val_dataloader(self) -> DataLoader | list:
         return self._held_out_loader("val")

@@ -1,13 +1,13 @@
 """The dual encoder: a Hugging Face backbone, pooling, optional projection and L2 normalisation.
 
 A plain `nn.Module` (no Lightning) so that a trained encoder can be exported as a folder that
-loads in both `sentence_transformers.SentenceTransformer` and `transformers.AutoModel`.
+loads in both `sentence_transformers.SentenceTransformer` and `transformers.AutoModel`; the folder
+format is `hybatch.models.sentence_transformers_folder`.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from hybatch.collate import tokenize
+from hybatch.models import sentence_transformers_folder as st_folder
 from hybatch.models.lora import apply_lora, is_lora, lora_kwargs, merged_copy
 
 log = logging.getLogger(__name__)
@@ -28,15 +29,6 @@ log = logging.getLogger(__name__)
 Role = Literal["query", "passage"]
 POOLINGS = ("cls", "mean", "last_token")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-SETTINGS_FILE = "hybatch_encoder.json"
-_ST_POOLING = {"cls": "cls", "mean": "mean", "last_token": "lasttoken"}
-_ACTIVATIONS = {
-    None: nn.Identity,
-    "identity": nn.Identity,
-    "tanh": nn.Tanh,
-    "torch.nn.modules.linear.Identity": nn.Identity,
-    "torch.nn.modules.activation.Tanh": nn.Tanh,
-}
 
 
 class EncoderConfigError(ValueError):
@@ -57,138 +49,48 @@ def pool(hidden: Tensor, attention_mask: Tensor, mode: str) -> Tensor:
     raise EncoderConfigError(f"model.pooling={mode!r}: expected one of {POOLINGS}")
 
 
-def _local_or_hub_file(name_or_path: str, filename: str) -> Path | None:
-    """A file of a local folder or hub repo, or None when it is not there (or the hub is unreachable)."""
-    local = Path(name_or_path).expanduser()
-    if local.is_dir():
-        return local / filename if (local / filename).is_file() else None
-    try:
-        from huggingface_hub import hf_hub_download
-
-        return Path(hf_hub_download(name_or_path, filename))
-    except Exception:  # noqa: BLE001 - absent file, offline or unknown repo: the caller falls back
-        return None
-
-
-def read_sentence_transformers_settings(name_or_path: str) -> dict[str, Any]:
-    """Pooling, prompts, projection and normalisation stored in a sentence-transformers folder."""
-    settings: dict[str, Any] = {}
-    modules_file = _local_or_hub_file(name_or_path, "modules.json")
-    if modules_file is None:
-        return settings
-    modules = json.loads(modules_file.read_text())
-    settings["normalize"] = any(m["type"].endswith("Normalize") for m in modules)
-    for module in modules:
-        if module["type"].endswith("Pooling"):
-            pooling_file = _local_or_hub_file(name_or_path, f"{module['path']}/config.json")
-            if pooling_file is not None:
-                cfg = json.loads(pooling_file.read_text())
-                mode = cfg.get("pooling_mode")
-                if mode is None:
-                    mode = next(
-                        (ours for ours, st in _ST_POOLING.items() if cfg.get(f"pooling_mode_{st}_token") or cfg.get(f"pooling_mode_{st}_tokens")),
-                        None,
-                    )
-                if isinstance(mode, list) and len(mode) == 1:
-                    mode = mode[0]
-                inverse = {st: ours for ours, st in _ST_POOLING.items()}
-                if mode not in inverse:
-                    raise EncoderConfigError(f"{pooling_file}: pooling {mode!r} is not one of {sorted(inverse)}")
-                settings["pooling"] = inverse[mode]
-        if module["type"].endswith("Dense"):
-            settings["dense_path"] = module["path"]
-    st_config = _local_or_hub_file(name_or_path, "config_sentence_transformers.json")
-    if st_config is not None:
-        prompts = json.loads(st_config.read_text()).get("prompts") or {}
-        if "query" in prompts:
-            settings["query_prefix"] = prompts["query"]
-        passage = prompts.get("passage", prompts.get("document"))
-        if passage is not None:
-            settings["passage_prefix"] = passage
-    return settings
-
-
 class DualEncoder(nn.Module):
     """Queries and passages through one shared backbone (or two towers), pooled and normalised.
 
-    `name_or_path` is a hub id, a Hugging Face folder, a sentence-transformers folder (its pooling,
-    prompts and Dense layer are read from it and win over the arguments) or a folder written by
-    `save_pretrained`. `backbone` / `tokenizer` bypass loading (models built in code).
+    Built from its parts: a Hugging Face `backbone` and its `tokenizer`, the settings (pooling,
+    normalisation, prefixes, max lengths) and optionally a `passage_backbone` (or `separate_towers`:
+    a copy of the backbone) and a `projection` (or `projection_dim`: a new one). `from_pretrained`
+    loads one from a hub id or folder.
 
-    For big backbones: `dtype` (float32 | bfloat16 | float16) is the dtype the weights are loaded and
-    kept in (bfloat16 halves the memory of a frozen LoRA base; mixed precision is the trainer's
-    `precision`); `lora` (a mapping of r, alpha, dropout, target_modules, see `hybatch.models.lora`)
-    trains adapters instead of the weights; `gradient_checkpointing` recomputes activations in backward;
+    For big backbones: `dtype` (float32 | bfloat16 | float16) is the dtype the weights are kept in
+    (bfloat16 halves the memory of a frozen LoRA base; mixed precision is the trainer's `precision`);
+    `lora` (a mapping of r, alpha, dropout, target_modules, see `hybatch.models.lora`) trains adapters
+    instead of the weights; `gradient_checkpointing` recomputes activations in backward;
     `freeze_embeddings` keeps the (250k-row, for XLM-R) embedding matrix out of the optimizer.
+    `name_or_path` is where the backbone came from (checkpoints record it); None when built in code.
     """
 
     def __init__(
         self,
-        name_or_path: str | None = None,
+        backbone: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
         pooling: str = "mean",
         normalize: bool = True,
         query_prefix: str = "",
         passage_prefix: str = "",
         query_max_length: int = 64,
         passage_max_length: int = 256,
+        passage_backbone: PreTrainedModel | None = None,
         separate_towers: bool = False,
+        projection: nn.Linear | None = None,
+        projection_activation: nn.Module | None = None,
         projection_dim: int | None = None,
-        trust_remote_code: bool = False,
         gradient_checkpointing: bool = False,
         freeze_embeddings: bool = False,
         dtype: str | None = None,
         lora: Mapping[str, Any] | None = None,
-        backbone: PreTrainedModel | None = None,
-        tokenizer: PreTrainedTokenizerBase | None = None,
+        name_or_path: str | None = None,
     ) -> None:
         super().__init__()
-        if dtype is not None and dtype not in DTYPES:
-            raise EncoderConfigError(f"model.dtype={dtype!r}: expected null or one of {sorted(DTYPES)}")
-        torch_dtype = DTYPES[dtype] if dtype is not None else None
-        dense: nn.Linear | None = None
-        activation: nn.Module = nn.Identity()
-        passage_backbone: PreTrainedModel | None = None
-        if backbone is None:
-            if not name_or_path:
-                raise EncoderConfigError("model.name_or_path is required when no backbone is built in code")
-            saved = _local_or_hub_file(name_or_path, SETTINGS_FILE)
-            if saved is not None:
-                # Our own export: the settings it was trained with.
-                settings = json.loads(saved.read_text())
-                pooling, normalize = settings["pooling"], settings["normalize"]
-                query_prefix, passage_prefix = settings["query_prefix"], settings["passage_prefix"]
-                query_max_length = settings["query_max_length"]
-                passage_max_length = settings["passage_max_length"]
-                separate_towers = settings["separate_towers"]
-            if separate_towers and saved is not None:
-                root = Path(name_or_path)
-                backbone, tokenizer = _load_backbone(str(root / "query"), trust_remote_code, torch_dtype)
-                passage_backbone, _ = _load_backbone(str(root / "passage"), trust_remote_code, torch_dtype)
-                dense, activation = _load_dense(str(root / "query"))
-                st_settings = {}
-            else:
-                backbone, tokenizer = _load_backbone(name_or_path, trust_remote_code, torch_dtype)
-                st_settings = read_sentence_transformers_settings(name_or_path)
-                if "dense_path" in st_settings:
-                    dense, activation = _load_dense(name_or_path)
-            if saved is None and st_settings:
-                log.info("%s: using its sentence-transformers settings %s", name_or_path, st_settings)
-                pooling = st_settings.get("pooling", pooling)
-                normalize = st_settings.get("normalize", normalize)
-                query_prefix = st_settings.get("query_prefix", query_prefix)
-                passage_prefix = st_settings.get("passage_prefix", passage_prefix)
-        elif tokenizer is None:
-            raise EncoderConfigError("a backbone built in code needs its tokenizer too")
-        elif torch_dtype is not None:
-            backbone = backbone.to(torch_dtype)
         if pooling not in POOLINGS:
             raise EncoderConfigError(f"model.pooling={pooling!r}: expected one of {POOLINGS}")
-        if tokenizer.pad_token_id is None:
-            # Decoder LLMs often ship without a pad token; padding is masked out anyway.
-            tokenizer.pad_token = tokenizer.eos_token
-        if pooling == "last_token":
-            tokenizer.padding_side = "right"
-
+        _prepare_tokenizer(tokenizer, pooling)
         self.name_or_path = name_or_path
         self.pooling = pooling
         self.normalize = normalize
@@ -197,35 +99,55 @@ class DualEncoder(nn.Module):
         self.query_max_length = query_max_length
         self.passage_max_length = passage_max_length
         self.tokenizer = tokenizer
-        self.backbone = backbone
+        torch_dtype = _torch_dtype(dtype)
         if separate_towers and passage_backbone is None:
             passage_backbone = copy.deepcopy(backbone)
         hidden = backbone.config.hidden_size
-        for tower in (backbone, passage_backbone):
-            if tower is None:
-                continue
-            if getattr(tower, "pooler", None) is not None:
-                # BERT-style poolers are never used here (`pool` reads the token states); their weights
-                # would get no gradient, which DDP refuses unless it searches for unused parameters.
-                tower.pooler = None
-            if getattr(tower.config, "use_cache", False):
-                # Decoder LLMs would build a key/value cache on every forward; an encoder never reuses it.
-                tower.config.use_cache = False
+        towers = [_prepare_tower(t, torch_dtype) for t in (backbone, passage_backbone) if t is not None]
         if lora:
-            backbone = apply_lora(backbone, **lora_kwargs(lora))
-            if passage_backbone is not None:
-                passage_backbone = apply_lora(passage_backbone, **lora_kwargs(lora))
-        self.backbone = backbone
-        self.passage_backbone = passage_backbone
-        if dense is None and projection_dim:
-            dense = nn.Linear(hidden, projection_dim)
-        self.projection = dense
-        self.projection_activation = activation
+            towers = [apply_lora(tower, **lora_kwargs(lora)) for tower in towers]
+        self.backbone = towers[0]
+        self.passage_backbone = towers[1] if len(towers) > 1 else None
+        if projection is None and projection_dim:
+            projection = nn.Linear(hidden, projection_dim)
+        self.projection = projection
+        self.projection_activation = projection_activation if projection_activation is not None else nn.Identity()
         for tower in self.towers():
             if gradient_checkpointing:
                 _enable_checkpointing(tower)
             if freeze_embeddings:
                 tower.get_input_embeddings().requires_grad_(False)
+
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str, *, trust_remote_code: bool = False, dtype: str | None = None, **config: Any
+    ) -> DualEncoder:
+        """Load a hub id, a Hugging Face folder, a sentence-transformers folder or a `save_pretrained` export.
+
+        `config` holds the constructor's settings; the folder's own win: every setting of our export;
+        the pooling, normalisation, prompts and Dense layer of a sentence-transformers folder, whose
+        `max_seq_length` caps both max lengths (the longest input the model was set up for).
+        """
+        if not name_or_path:
+            raise EncoderConfigError("model.name_or_path is required to load an encoder (null: build the model in code)")
+        torch_dtype = _torch_dtype(dtype)
+        exported = st_folder.read_export_settings(name_or_path)
+        root = Path(name_or_path)
+        if exported is not None and exported["separate_towers"]:
+            backbone, tokenizer = _load_backbone(str(root / "query"), trust_remote_code, torch_dtype)
+            config["passage_backbone"], _ = _load_backbone(str(root / "passage"), trust_remote_code, torch_dtype)
+            folder = str(root / "query")
+        else:
+            backbone, tokenizer = _load_backbone(name_or_path, trust_remote_code, torch_dtype)
+            folder = name_or_path
+        st_settings = st_folder.read_settings(folder)
+        if "dense_path" in st_settings:
+            config["projection"], config["projection_activation"] = st_folder.load_dense(folder, st_settings["dense_path"])
+        if exported is not None:
+            config.update(exported)
+        else:
+            config.update(_settings_from_sentence_transformers(name_or_path, st_settings, config))
+        return cls(backbone, tokenizer, dtype=dtype, name_or_path=name_or_path, **config)
 
     @property
     def separate_towers(self) -> bool:
@@ -302,16 +224,8 @@ class DualEncoder(nn.Module):
 
         With separate towers, `query/` and `passage/` are each such a folder.
         """
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        if self.separate_towers:
-            _save_sentence_transformer(self, _exportable(self.backbone), path / "query")
-            _save_sentence_transformer(self, _exportable(self.passage_backbone), path / "passage")
-        else:
-            _save_sentence_transformer(self, _exportable(self.backbone), path)
-        (path / SETTINGS_FILE).write_text(json.dumps(self.settings(), indent=2) + "\n")
-        return path
-
+        towers = {"query": self.backbone, "passage": self.passage_backbone} if self.separate_towers else {"": self.backbone}
+        return st_folder.save_export(self, Path(path), {name: _exportable(t) for name, t in towers.items()})
 
 def _enable_checkpointing(tower: nn.Module) -> None:
     """Recompute each layer's activations in backward. Non-reentrant: works with frozen inputs
@@ -344,61 +258,40 @@ def _load_backbone(
     return backbone, tokenizer
 
 
-def _load_dense(name_or_path: str) -> tuple[nn.Linear, nn.Module]:
-    """The Dense layer of a sentence-transformers folder (LaBSE has one)."""
-    settings = read_sentence_transformers_settings(name_or_path)
-    sub = settings["dense_path"]
-    cfg_file = _local_or_hub_file(name_or_path, f"{sub}/config.json")
-    if cfg_file is None:
-        raise EncoderConfigError(f"{name_or_path}: {sub}/config.json is missing")
-    cfg = json.loads(cfg_file.read_text())
-    act_name = cfg.get("activation_function")
-    if act_name not in _ACTIVATIONS:
-        raise EncoderConfigError(f"{cfg_file}: activation_function {act_name!r} is not one of {sorted(k for k in _ACTIVATIONS if k)}")
-    linear = nn.Linear(cfg["in_features"], cfg["out_features"], bias=cfg.get("bias", True))
-    weights = _local_or_hub_file(name_or_path, f"{sub}/model.safetensors")
-    if weights is not None:
-        from safetensors.torch import load_file
-
-        state = load_file(str(weights))
-    else:
-        weights = _local_or_hub_file(name_or_path, f"{sub}/pytorch_model.bin")
-        if weights is None:
-            raise EncoderConfigError(f"{name_or_path}: no weights in {sub}/")
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-    linear.load_state_dict({k.removeprefix("linear."): v for k, v in state.items()})
-    return linear, _ACTIVATIONS[act_name]()
+def _torch_dtype(dtype: str | None) -> torch.dtype | None:
+    if dtype is not None and dtype not in DTYPES:
+        raise EncoderConfigError(f"model.dtype={dtype!r}: expected null or one of {sorted(DTYPES)}")
+    return DTYPES[dtype] if dtype is not None else None
 
 
-def _save_sentence_transformer(encoder: DualEncoder, tower: PreTrainedModel, path: Path) -> None:
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Transformer
+def _prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, pooling: str) -> None:
+    if tokenizer.pad_token_id is None:
+        # Decoder LLMs often ship without a pad token; padding is masked out anyway.
+        tokenizer.pad_token = tokenizer.eos_token
+    if pooling == "last_token":
+        tokenizer.padding_side = "right"
 
-    path.mkdir(parents=True, exist_ok=True)
-    tower.save_pretrained(path, safe_serialization=True)
-    encoder.tokenizer.save_pretrained(path)
-    modules: list[nn.Module] = [
-        Transformer(str(path), max_seq_length=encoder.passage_max_length),
-        Pooling(tower.config.hidden_size, pooling_mode=_ST_POOLING[encoder.pooling]),
-    ]
-    if encoder.projection is not None:
-        proj = encoder.projection
-        modules.append(
-            Dense(
-                proj.in_features,
-                proj.out_features,
-                bias=proj.bias is not None,
-                activation_function=copy.deepcopy(encoder.projection_activation),
-                init_weight=proj.weight.detach().cpu().clone(),
-                init_bias=proj.bias.detach().cpu().clone() if proj.bias is not None else None,
-            )
-        )
-    if encoder.normalize:
-        modules.append(Normalize())
-    model = SentenceTransformer(
-        modules=modules,
-        prompts={"query": encoder.query_prefix, "passage": encoder.passage_prefix},
-        similarity_fn_name="cosine",
-        device="cpu",
-    )
-    model.save(str(path))
+
+def _prepare_tower(tower: PreTrainedModel, dtype: torch.dtype | None) -> PreTrainedModel:
+    """Drop what an encoder never uses, in the dtype the weights are kept in."""
+    if dtype is not None:
+        tower = tower.to(dtype)
+    if getattr(tower, "pooler", None) is not None:
+        # BERT-style poolers are never used here (`pool` reads the token states); their weights
+        # would get no gradient, which DDP refuses unless it searches for unused parameters.
+        tower.pooler = None
+    if getattr(tower.config, "use_cache", False):
+        # Decoder LLMs would build a key/value cache on every forward; an encoder never reuses it.
+        tower.config.use_cache = False
+    return tower
+
+
+def _settings_from_sentence_transformers(name_or_path: str, st: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """The settings a sentence-transformers folder sets, over `config`'s."""
+    found = {k: st[k] for k in ("pooling", "normalize", "query_prefix", "passage_prefix") if k in st}
+    if "max_seq_length" in st:
+        for key, default in (("query_max_length", 64), ("passage_max_length", 256)):
+            found[key] = min(config.get(key, default), st["max_seq_length"])
+    if found:
+        log.info("%s: using its sentence-transformers settings %s", name_or_path, found)
+    return found

@@ -4,6 +4,12 @@ For query i the candidates are every positive of the (global) batch followed by 
 its own positive is candidate i. Scores are cosine similarities divided by a temperature:
 
     loss = mean_i -log( exp(s(q_i, p_i) / t) / sum_j exp(s(q_i, d_j) / t) )
+
+False negatives: with `passage_keys` (one passage identity per example, e.g. the same answer
+sentence of a parallel set), the positive of example j is left out of query i's candidates when
+j != i has i's key. Such a positive is a copy (or translation) of i's own, and scoring it as a
+negative would push the query away from its answer. The masked logits are -inf, so the loss and its
+gradients equal those computed without those columns.
 """
 
 from __future__ import annotations
@@ -24,25 +30,45 @@ Inputs = Mapping[str, Tensor]
 
 class ContrastiveOutput(NamedTuple):
     """`loss` is the mean over queries; `accuracy` the fraction of queries whose own positive scores
-    highest (no grad); `logits` the (queries x candidates) scores already divided by the temperature."""
+    highest (no grad); `logits` the (queries x candidates) scores already divided by the temperature
+    (-inf where masked); `masked` the number of (query, candidate) entries masked as false negatives."""
 
     loss: Tensor
     accuracy: Tensor
     logits: Tensor
+    masked: Tensor
+
+
+def false_negative_mask(passage_keys: Tensor, num_candidates: int) -> Tensor:
+    """(B, num_candidates) bool: True where candidate j < B is another example with query i's passage key.
+
+    Hard negatives (columns B..) are never masked.
+    """
+    keys = passage_keys.reshape(-1)
+    same = keys[:, None] == keys[None, :]
+    same.fill_diagonal_(False)
+    return F.pad(same, (0, num_candidates - keys.shape[0]), value=False)
 
 
 def contrastive_loss(
-    queries: Tensor, positives: Tensor, negatives: Tensor | None = None, temperature: float = 0.05
+    queries: Tensor,
+    positives: Tensor,
+    negatives: Tensor | None = None,
+    temperature: float = 0.05,
+    passage_keys: Tensor | None = None,
 ) -> ContrastiveOutput:
     """InfoNCE over cosine similarities; candidates are `[positives; negatives]`, query i -> candidate i.
 
-    Scores are computed in at least float32: dividing bf16/fp16 cosines by a small temperature would
-    otherwise throw away most of their precision.
+    `passage_keys` (B,) integers: positives of other examples with the same key are masked out of each
+    query's candidates (see the module docstring). Scores are computed in at least float32: dividing
+    bf16/fp16 cosines by a small temperature would otherwise throw away most of their precision.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
     if queries.shape[0] != positives.shape[0]:
         raise ValueError(f"{queries.shape[0]} queries but {positives.shape[0]} positives")
+    if passage_keys is not None and passage_keys.reshape(-1).shape[0] != queries.shape[0]:
+        raise ValueError(f"{passage_keys.numel()} passage keys for {queries.shape[0]} queries")
     candidates = positives if negatives is None else torch.cat([positives, negatives])
     dtype = torch.promote_types(queries.dtype, torch.float32)
     # Autocast (bf16/fp16-mixed) would run the matmul in half precision whatever the input dtype.
@@ -50,10 +76,16 @@ def contrastive_loss(
         q = F.normalize(queries.to(dtype), dim=-1)
         c = F.normalize(candidates.to(dtype), dim=-1)
         logits = q @ c.T / temperature
+        if passage_keys is None:
+            masked = torch.zeros((), dtype=torch.int64, device=q.device)
+        else:
+            mask = false_negative_mask(passage_keys.to(q.device), logits.shape[1])
+            logits = logits.masked_fill(mask, float("-inf"))
+            masked = mask.sum()
         labels = torch.arange(q.shape[0], device=q.device)
         loss = F.cross_entropy(logits, labels)
     accuracy = (logits.detach().argmax(dim=-1) == labels).float().mean()
-    return ContrastiveOutput(loss, accuracy, logits)
+    return ContrastiveOutput(loss, accuracy, logits, masked)
 
 
 def _no_autocast(device_type: str) -> AbstractContextManager[Any]:
@@ -116,6 +148,8 @@ class ContrastiveLoss(nn.Module):
     gradient, not the loss, so the returned loss is the true global-batch loss, the same on every rank,
     fit for logging and early stopping. Negatives are always gathered, as zero rows where a rank has
     none (e.g. no example of its slice has a hard negative): every rank must run the same collectives.
+    `passage_keys` are gathered like the positives, so false negatives are masked across devices too;
+    when gathering, pass them on every rank or on none.
     """
 
     def __init__(self, temperature: float = 0.05, gather: bool = True) -> None:
@@ -124,7 +158,11 @@ class ContrastiveLoss(nn.Module):
         self.gather = gather
 
     def forward(
-        self, queries: Tensor, positives: Tensor, negatives: Tensor | None = None
+        self,
+        queries: Tensor,
+        positives: Tensor,
+        negatives: Tensor | None = None,
+        passage_keys: Tensor | None = None,
     ) -> ContrastiveOutput:
         world = _world_size()
         if self.gather and world > 1:
@@ -133,9 +171,11 @@ class ContrastiveLoss(nn.Module):
             queries = gather_across_ranks(_ScaleGrad.apply(queries, world))
             positives = gather_across_ranks(_ScaleGrad.apply(positives, world))
             negatives = gather_across_ranks(_ScaleGrad.apply(negatives, world))
+            if passage_keys is not None:
+                passage_keys = gather_across_ranks(passage_keys.to(positives.device))
             if negatives.shape[0] == 0:
                 negatives = None
-        return contrastive_loss(queries, positives, negatives, self.temperature)
+        return contrastive_loss(queries, positives, negatives, self.temperature, passage_keys)
 
 
 def split_inputs(inputs: Inputs, chunk_size: int) -> list[dict[str, Tensor]]:
@@ -178,9 +218,10 @@ def cached_contrastive_backward(
     query_inputs: Inputs,
     passage_inputs: Inputs,
     chunk_size: int,
-    loss_fn: Callable[[Tensor, Tensor, Tensor | None], ContrastiveOutput],
+    loss_fn: Callable[..., ContrastiveOutput],
     backward_fn: Callable[..., Any] = Tensor.backward,
     no_sync: Callable[[], AbstractContextManager[Any]] | None = None,
+    passage_keys: Tensor | None = None,
 ) -> ContrastiveOutput:
     """Gradient-cached contrastive step (Gao et al. 2021): the gradients of `loss_fn` over the whole batch
     with the activation memory of one chunk. Accumulates into `.grad`; returns the detached output.
@@ -195,6 +236,7 @@ def cached_contrastive_backward(
     3. re-embed each chunk with grad from its recorded RNG state (identical dropout) and call
        `backward_fn(embeddings, gradient=cached_grad)` (default `Tensor.backward`). Pass Lightning's
        `self.manual_backward`, which forwards `gradient=` to `Tensor.backward` after AMP loss scaling.
+    `passage_keys`, when given, go to `loss_fn` (false-negative masking).
 
     Under DDP every chunk's backward would all-reduce; only the last one should. Pass `no_sync`, a
     callable returning DDP's no-sync context (`ddp_model.no_sync`, or in Lightning
@@ -216,7 +258,8 @@ def cached_contrastive_backward(
     queries = torch.cat(embeddings[: len(query_chunks)]).requires_grad_()
     passages = torch.cat(embeddings[len(query_chunks) :]).requires_grad_()
     negatives = passages[n_queries:] if passages.shape[0] > n_queries else None
-    out = loss_fn(queries, passages[:n_queries], negatives)
+    keys = () if passage_keys is None else (passage_keys,)
+    out = loss_fn(queries, passages[:n_queries], negatives, *keys)
     query_grad, passage_grad = torch.autograd.grad(out.loss, [queries, passages])
     grads = query_grad.split(chunk_size) + passage_grad.split(chunk_size)
 
@@ -224,4 +267,4 @@ def cached_contrastive_backward(
         last = i == len(chunks) - 1
         with nullcontext() if no_sync is None or last else no_sync(), state.replay():
             backward_fn(embed_fn(chunk), gradient=grad)
-    return ContrastiveOutput(out.loss.detach(), out.accuracy, out.logits.detach())
+    return ContrastiveOutput(out.loss.detach(), out.accuracy, out.logits.detach(), out.masked)

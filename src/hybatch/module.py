@@ -4,39 +4,30 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
+from omegaconf import OmegaConf
 from torch import Tensor
 from torch.distributed.fsdp import FullyShardedDataParallel
 from torch.nn.parallel import DistributedDataParallel
 from transformers import get_linear_schedule_with_warmup
 
+from hybatch.checkpoints import BACKBONE_KEY, MODEL_CONFIG_KEY, check_same_backbone
 from hybatch.collate import ROLE_KEY, concat_features, tag_role
 from hybatch.encoder import DualEncoder
 from hybatch.loss import ContrastiveLoss, ContrastiveOutput, cached_contrastive_backward
 
 log = logging.getLogger(__name__)
 
-# Logged every validation / test; the per-pair keys go to metrics.json only.
-_LOGGED_PREFIXES = ("mono/", "cross/", "multi/")
-
-
-class CheckpointMismatchError(RuntimeError):
-    """A checkpoint does not belong to the configured encoder."""
-
-
-def _loggable(metrics: dict[str, float]) -> dict[str, float]:
-    return {k: v for k, v in metrics.items() if k.startswith(_LOGGED_PREFIXES) and k.count("/") == 1}
-
 
 class DualEncoderModule(pl.LightningModule):
-    """Trains the encoder; validates with the loss and, when the data has one, a LAReQA benchmark.
+    """Trains the encoder; validates and tests with the loss (the LAReQA benchmarks of the held-out
+    splits are scored by the `LareqaEvaluation` callback, `eval_batch_size` texts per forward pass).
 
     `warmup` is a fraction of the training steps (< 1) or a number of steps. With
     `grad_cache_chunk_size`, the batch is embedded in chunks of that size and the loss gradient
@@ -45,7 +36,9 @@ class DualEncoderModule(pl.LightningModule):
     stops the run before a NaN reaches the weights; "skip" drops the step (with several devices only
     together with the cached loss: Lightning cannot skip an automatic-optimisation step under DDP).
     `max_grad_norm` clips the global gradient norm after AMP unscaling (FSDP: the sharded norm).
-    Under FSDP / DeepSpeed the cached loss is refused (see `setup`).
+    Under FSDP / DeepSpeed the cached loss is refused (see `setup`). `model_config` (the resolved
+    model config the encoder was built from) is stored in checkpoints: `evaluate.py ckpt_path=...`
+    rebuilds the encoder from it (`hybatch.checkpoints.encoder_from_checkpoint`).
     """
 
     def __init__(
@@ -60,21 +53,24 @@ class DualEncoderModule(pl.LightningModule):
         eval_batch_size: int = 64,
         on_nonfinite_loss: str = "raise",
         max_grad_norm: float | None = None,
+        model_config: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"module.temperature={temperature}: expected > 0")
         if on_nonfinite_loss not in ("raise", "skip"):
             raise ValueError(f"module.on_nonfinite_loss={on_nonfinite_loss!r}: expected 'raise' or 'skip'")
-        self.save_hyperparameters(ignore=["encoder"])
-        self.hparams["backbone"] = encoder.name_or_path
+        self.save_hyperparameters(ignore=["encoder", "model_config"])
+        self.hparams[BACKBONE_KEY] = encoder.name_or_path
+        # Plain values: checkpoints load tensors-only, which refuses OmegaConf objects.
+        plain = OmegaConf.to_container(model_config, resolve=True) if OmegaConf.is_config(model_config) else model_config
+        self.hparams[MODEL_CONFIG_KEY] = None if plain is None else dict(plain)
         self.hparams["encoder_settings"] = encoder.settings()
         # from_pretrained leaves models in eval mode and Lightning keeps module modes: without this,
         # dropout would be off during training.
         self.encoder = encoder.train()
         self.loss_fn = ContrastiveLoss(temperature=temperature, gather=gather_negatives)
         self.automatic_optimization = grad_cache_chunk_size is None
-        self.test_metrics: dict[str, float] = {}
 
     def setup(self, stage: str) -> None:
         """Refuse, before any step, combinations that would fail or hang mid-run."""
@@ -136,7 +132,7 @@ class DualEncoderModule(pl.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         size = len(batch["ids"])
         if self.automatic_optimization:
-            out = self.loss_fn(*self._embed(batch))
+            out = self.loss_fn(*self._embed(batch), batch.get("passage_key"))
             if not self._check_finite(out, batch):
                 return None
         else:
@@ -153,6 +149,7 @@ class DualEncoderModule(pl.LightningModule):
                 loss_fn=self.loss_fn,
                 backward_fn=self.manual_backward,
                 no_sync=self._no_sync(),
+                passage_keys=batch.get("passage_key"),
             )
             if self._check_finite(out, batch):
                 opt.step()
@@ -161,6 +158,8 @@ class DualEncoderModule(pl.LightningModule):
         self.log("train/loss", out.loss.detach(), prog_bar=True, batch_size=size)
         self.log("train/accuracy", out.accuracy, batch_size=size)
         self.log("train/mono_batch", mono, batch_size=size)
+        # (query, candidate) pairs of the global batch left out as false negatives (same passage key).
+        self.log("train/masked_negatives", out.masked.float(), batch_size=size)
         return out.loss if self.automatic_optimization else None
 
     def _no_sync(self) -> Callable[[], AbstractContextManager[Any]] | None:
@@ -181,7 +180,7 @@ class DualEncoderModule(pl.LightningModule):
 
     # --- held-out evaluation ------------------------------------------------------------------
     def _held_out_step(self, batch: dict[str, Any], split: str) -> None:
-        out = self.loss_fn(*self._embed(batch))
+        out = self.loss_fn(*self._embed(batch), batch.get("passage_key"))
         self.log(f"{split}/loss", out.loss, sync_dist=True, batch_size=len(batch["ids"]))
         self.log(f"{split}/accuracy", out.accuracy, sync_dist=True, batch_size=len(batch["ids"]))
 
@@ -190,31 +189,6 @@ class DualEncoderModule(pl.LightningModule):
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._held_out_step(batch, "test")
-
-    def _benchmark_metrics(self, split: str) -> dict[str, float]:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        bench = getattr(datamodule, f"{split}_benchmark", None)
-        if bench is None:
-            return {}
-        from hybatch.evaluation.lareqa import evaluate_lareqa
-
-        metrics = evaluate_lareqa(bench, self.encoder, batch_size=self.hparams.eval_batch_size, progress=False)
-        return {f"{split}/{k}": v for k, v in metrics.items()}
-
-    def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking:
-            return
-        metrics = self._benchmark_metrics("val")
-        # Every rank evaluated the same weights: the mean over ranks is the value, and keeps them in step.
-        self.log_dict({f"val/{k}": v for k, v in _loggable({k[4:]: v for k, v in metrics.items()}).items()}, sync_dist=True)
-
-    def on_test_epoch_end(self) -> None:
-        self.test_metrics = self._benchmark_metrics("test")
-        logged = {f"test/{k}": v for k, v in _loggable({k[5:]: v for k, v in self.test_metrics.items()}).items()}
-        self.log_dict(logged, sync_dist=True)
-        # The per-pair metrics go to callback_metrics only (not to loggers): the way they reach
-        # metrics.json when the test ran in worker processes (trainer.strategy=ddp_spawn).
-        self.log_dict({k: v for k, v in self.test_metrics.items() if k not in logged}, logger=False, sync_dist=True)
 
     # --- optimisation -------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
@@ -247,54 +221,3 @@ class DualEncoderModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Before Lightning copies any weight: a checkpoint of another backbone is refused by name.
         check_same_backbone(checkpoint, self.encoder, getattr(self._trainer, "ckpt_path", None) or "<checkpoint>")
-
-
-def check_same_backbone(checkpoint: dict[str, Any], encoder: DualEncoder, path: str | os.PathLike) -> None:
-    """Refuse, by name, a checkpoint whose backbone or encoder tensors differ from the configured encoder's."""
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
-        raise CheckpointMismatchError(f"{path} is not a training checkpoint of this project: it has no 'state_dict'")
-    hparams = checkpoint.get("hyper_parameters", {})
-    trained = hparams.get("backbone")
-    if trained is not None and trained != encoder.name_or_path:
-        raise CheckpointMismatchError(
-            f"{path} was trained with backbone {trained!r}, but the configured model is "
-            f"{encoder.name_or_path!r}; choose the matching model= config"
-        )
-    ours = {k: v.shape for k, v in encoder.state_dict().items()}
-    theirs = {k.removeprefix("encoder."): v.shape for k, v in checkpoint["state_dict"].items() if k.startswith("encoder.")}
-    if ours != theirs:
-        missing = sorted(set(ours) - set(theirs))[:3]
-        unexpected = sorted(set(theirs) - set(ours))[:3]
-        shapes = [k for k in set(ours) & set(theirs) if ours[k] != theirs[k]][:3]
-        raise CheckpointMismatchError(
-            f"{path} does not fit the configured encoder {encoder.name_or_path!r}: missing {missing}, "
-            f"unexpected {unexpected}, different shapes {shapes}"
-        )
-
-
-def load_encoder_weights(encoder: DualEncoder, ckpt_path: str | os.PathLike) -> DualEncoder:
-    """Load a training checkpoint's encoder weights (tensors only: no code runs while loading)."""
-    from hybatch.callbacks import load_tensors_only
-
-    checkpoint = load_tensors_only(ckpt_path)
-    return _load_checkpoint_into(encoder, checkpoint, ckpt_path)
-
-
-def load_deepspeed_encoder_weights(encoder: DualEncoder, ckpt_dir: str | os.PathLike) -> DualEncoder:
-    """Load the encoder weights of a DeepSpeed checkpoint, a directory of ZeRO shards, merged to fp32.
-
-    The merge is DeepSpeed's own (zero_to_fp32), which unpickles the shard files in full: for checkpoints
-    a run of this project wrote itself, not for files from elsewhere.
-    """
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    merged = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir))
-    # Lightning's DeepSpeed engine holds the LightningModule under `_forward_module`.
-    state = {k.removeprefix("_forward_module."): v for k, v in merged.items()}
-    return _load_checkpoint_into(encoder, {"state_dict": state}, ckpt_dir)
-
-
-def _load_checkpoint_into(encoder: DualEncoder, checkpoint: dict[str, Any], path: str | os.PathLike) -> DualEncoder:
-    check_same_backbone(checkpoint, encoder, path)
-    encoder.load_state_dict({k.removeprefix("encoder."): v for k, v in checkpoint["state_dict"].items() if k.startswith("encoder.")})
-    return encoder

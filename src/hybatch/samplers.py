@@ -4,7 +4,9 @@ The paper's three strategies differ only in how a batch is composed:
 
 * monolingual ("X-X-mono"): one language for the whole batch, queries and passages alike;
 * cross-lingual ("X-Y"): every pair has query language != passage language;
-* hybrid: monolingual with probability ``alpha``, else cross-lingual.
+* hybrid: monolingual with probability ``alpha``, else cross-lingual. A dataset in one language
+  only (the paper's English-only sets) gives monolingual batches only; the cross-lingual sampler
+  refuses such a dataset.
 
 What an epoch is: every dataset's example ids are shuffled (seeded by ``(seed, epoch)``) and cut
 into GLOBAL batches of ``batch_size * world_size`` ids; each id is used once per epoch, in the
@@ -66,19 +68,20 @@ class PlannedBatch:
     items: list[BatchItem]
 
 
-def language_weights(group: DatasetGroup, weighting: str, temperature: float) -> np.ndarray:
+def language_weights(group: DatasetGroup, weighting: str, language_temperature: float) -> np.ndarray:
     """Sampling probabilities of a dataset's languages.
 
     ``size`` and ``temperature`` weight a language by its example count n as n**(1/T) (T=1 for
-    ``size``), the usual multilingual up-sampling of small languages.
+    ``size``, T=`language_temperature` for ``temperature``), the usual multilingual up-sampling of
+    small languages.
     """
     if weighting == "uniform":
         return np.full(len(group.languages), 1.0 / len(group.languages))
     if weighting not in ("size", "temperature"):
         raise SamplerConfigError(f"sampler.language_weighting={weighting!r}: expected uniform, size or temperature")
-    if temperature <= 0:
-        raise SamplerConfigError(f"sampler.temperature={temperature}: expected > 0")
-    t = 1.0 if weighting == "size" else temperature
+    if language_temperature <= 0:
+        raise SamplerConfigError(f"sampler.language_temperature={language_temperature}: expected > 0")
+    t = 1.0 if weighting == "size" else language_temperature
     counts = np.array([group.language_counts.get(lang, len(group.examples)) for lang in group.languages], dtype=float)
     w = counts ** (1.0 / t)
     return w / w.sum()
@@ -99,7 +102,7 @@ class ParallelBatchSampler(Sampler[list[BatchItem]], ABC):
         world_size: int = 1,
         rank: int = 0,
         language_weighting: str = "uniform",
-        temperature: float = 1.0,
+        language_temperature: float = 1.0,
         pair_mode: Literal["example", "batch"] = "example",
         dataset_weights: Mapping[str, float] | None = None,
     ) -> None:
@@ -126,13 +129,16 @@ class ParallelBatchSampler(Sampler[list[BatchItem]], ABC):
                 )
             if not group.languages:
                 raise SamplerConfigError(f"dataset {name!r} has no training language")
-            if self.may_draw("cross") and len(group.languages) < 2:
+            # A one-language dataset (English-only sets of the paper's mixture) gives monolingual
+            # batches only; a sampler that never draws those cannot use it.
+            if len(group.languages) < 2 and not self.may_draw("mono"):
                 raise SamplerConfigError(
-                    f"{type(self).__name__} draws cross-lingual batches, but dataset {name!r} has only the "
-                    f"language(s) {list(group.languages)}; cross-lingual pairs need at least two"
+                    f"{type(self).__name__} draws only cross-lingual batches, but dataset {name!r} has only the "
+                    f"language {list(group.languages)}; leave it out of data.source.train (or data.languages), "
+                    f"or use sampler=hybrid with alpha > 0, where a one-language dataset gives monolingual batches"
                 )
         self._weights = {
-            name: language_weights(g, language_weighting, temperature) for name, g in self.groups.items()
+            name: language_weights(g, language_weighting, language_temperature) for name, g in self.groups.items()
         }
         self.dataset_weights = self._normalise_dataset_weights(dataset_weights)
         self.epoch = 0
@@ -204,6 +210,8 @@ class ParallelBatchSampler(Sampler[list[BatchItem]], ABC):
         langs = list(group.languages)
         weights = self._weights[dataset]
         kind = self.batch_kind(self._rng(epoch, index, _KIND))
+        if len(langs) < 2:
+            kind = "mono"  # the only batches a one-language dataset can give
         if kind == "mono":
             lang = langs[self._rng(epoch, index, _MONO).choice(len(langs), p=weights)]
             return PlannedBatch(kind, dataset, [BatchItem(int(i), lang, lang) for i in ids])

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import json
 import logging
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,20 +15,25 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from hybatch.callbacks import AtomicCheckpointIO, ExactResume, StepCheckpoint, load_tensors_only
+from hybatch.callbacks import ExactResume, LareqaEvaluation, StepCheckpoint
+from hybatch.checkpoints import (
+    AtomicCheckpointIO,
+    check_same_backbone,
+    load_deepspeed_encoder_weights,
+    load_encoder_weights,
+    load_tensors_only,
+)
 from hybatch.collate import PairCollator
-from hybatch.module import check_same_backbone, load_deepspeed_encoder_weights, load_encoder_weights
-from hybatch.reports import finish_loggers, lareqa_table, log_results, report_lareqa
-from hybatch.run_info import write_run_info
+from hybatch.config import instantiate_dict
+from hybatch.datamodule import RetrievalDataModule
+from hybatch.encoder import DualEncoder
+from hybatch.interpolation import interpolate_after_fit
+from hybatch.loggers import finish_loggers, log_results
+from hybatch.module import DualEncoderModule
+from hybatch.report.lareqa import lareqa_table, report_lareqa
+from hybatch.run_outputs import optimized_metric, write_metrics, write_run_info
 
 log = logging.getLogger(__name__)
-
-
-def instantiate_dict(cfg: DictConfig | None) -> list[Any]:
-    """Instantiate every `_target_` entry of a config group that is a dict of named objects."""
-    if not cfg:
-        return []
-    return [instantiate(c) for c in cfg.values() if isinstance(c, DictConfig) and "_target_" in c]
 
 
 def step_checkpoints(cfg: DictConfig, output_dir: Path) -> list[StepCheckpoint]:
@@ -59,19 +62,6 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
     return None
 
 
-def write_metrics(path: Path, metrics: dict[str, float]) -> None:
-    """Flat `split/setting/metric` keys, sorted; non-finite values become null (valid JSON).
-
-    The learning-rate monitor's last reading (`lr-*`) is left out: not a result, and the step it
-    comes from depends on the logging cadence, which Lightning shifts by one step after resuming
-    from an epoch's end (the resumed run's metrics.json would differ from an uninterrupted one's).
-    """
-    clean = {k: (v if math.isfinite(v) else None) for k, v in sorted(metrics.items()) if not k.startswith("lr-")}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(clean, indent=2) + "\n")
-    tmp.replace(path)
-
-
 def release_freed_memory() -> None:
     """Hand the memory a finished run freed back to the operating system.
 
@@ -90,70 +80,97 @@ def release_freed_memory() -> None:
 def run_training(cfg: DictConfig) -> float | None:
     """Fit, test the best checkpoint, export the encoder; returns `cfg.optimized_metric`."""
     try:
-        return _fit_test_export(cfg)
+        return optimized_metric(_fit_test_export(cfg), cfg.get("optimized_metric"))
     finally:
         # Here the run's trainer, model and data are unreferenced: their memory can go back.
         release_freed_memory()
 
 
-def _fit_test_export(cfg: DictConfig) -> float | None:
-    output_dir = Path(cfg.paths.output_dir)
-    pl.seed_everything(cfg.seed, workers=True)
-
-    # Everything that can be wrong with the inputs is found before the run writes anything; the
-    # data and the sampler first, in seconds, before a model is loaded.
+def build_checked(
+    cfg: DictConfig, output_dir: Path
+) -> tuple[RetrievalDataModule, DualEncoder, DualEncoderModule, str | None]:
+    """The datamodule, encoder, module and checkpoint to resume from, with everything that can be
+    wrong with the inputs found before the run writes anything: the data and the sampler first, in
+    seconds, before a model is loaded; a checkpoint of another backbone before any training."""
     datamodule = instantiate(cfg.data, sampler=instantiate(cfg.sampler), seed=cfg.seed)
-    datamodule.check()
+    datamodule.check(monitor=OmegaConf.select(cfg, "callbacks.model_checkpoint.monitor"))
     encoder = instantiate(cfg.model)
     datamodule.collator = PairCollator.from_encoder(encoder)
-    module = instantiate(cfg.module, encoder=encoder)
+    # The model config goes into the checkpoints: `evaluate.py ckpt_path=...` rebuilds the encoder from it.
+    # Passed after instantiation: as an `instantiate` keyword, the config's `_target_` would be built.
+    model_config = OmegaConf.to_container(cfg.model, resolve=True)
+    module = instantiate(cfg.module, encoder=encoder, _partial_=True)(model_config=model_config)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
     if ckpt_path is not None and Path(ckpt_path).is_file():
         # Memory-mapped: the tensors are not read, only the keys, shapes and hyperparameters.
         check_same_backbone(load_tensors_only(ckpt_path, mmap=True), encoder, ckpt_path)
+    return datamodule, encoder, module, ckpt_path
+
+
+def _fit_test_export(cfg: DictConfig) -> dict[str, float]:
+    """The run; returns what goes into metrics.json."""
+    output_dir = Path(cfg.paths.output_dir)
+    pl.seed_everything(cfg.seed, workers=True)
+    datamodule, encoder, module, ckpt_path = build_checked(cfg, output_dir)
     exact_resume = ExactResume()
-    callbacks = [*instantiate_dict(cfg.get("callbacks")), exact_resume, *step_checkpoints(cfg, output_dir)]
+    lareqa = LareqaEvaluation(
+        datamodule.val_benchmark, datamodule.test_benchmark, cfg.module.eval_batch_size, output_dir / "per_query.jsonl"
+    )
+    callbacks = [*instantiate_dict(cfg.get("callbacks")), exact_resume, lareqa, *step_checkpoints(cfg, output_dir)]
 
     output_dir.mkdir(parents=True, exist_ok=True)
     write_run_info(cfg, output_dir)
     loggers = instantiate_dict(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
+    # What the validation loss is computed on (the same for every sampler) and the article split.
+    datamodule.write_run_plans(output_dir, trainer.world_size)
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
     # Tensors-only loading: a checkpoint can hold no code that runs when it is read.
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-
     # A resumed run has not logged what came before its checkpoint itself.
-    metrics = {**exact_resume.resumed_metrics}
-    metrics.update((k, float(v)) for k, v in trainer.callback_metrics.items() if v.numel() == 1)
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    if best:
-        # Test and export the selected checkpoint, not whatever the last step left.
-        # DeepSpeed saves a directory of ZeRO shards instead of one file.
-        (load_deepspeed_encoder_weights if Path(best).is_dir() else load_encoder_weights)(encoder, best)
-        log.info("best checkpoint: %s", best)
+    metrics = {**exact_resume.resumed_metrics, **scalar_metrics(trainer)}
+    load_best_checkpoint(trainer, encoder)
+    metrics.update(interpolate_after_fit(cfg, encoder, datamodule, trainer, output_dir, loggers))
     if cfg.get("test") and datamodule.data.test is not None:
         trainer.test(module, datamodule=datamodule)
-        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
-        metrics.update(module.test_metrics)
+        metrics.update(scalar_metrics(trainer))
+        metrics.update(lareqa.test_metrics)
     if cfg.get("baseline") and datamodule.test_benchmark is not None and trainer.is_global_zero:
         metrics.update(baseline_metrics(cfg, datamodule.test_benchmark))
     if trainer.is_global_zero:
-        if cfg.get("export_model"):
-            encoder.save_pretrained(output_dir / "model")
-            log.info("exported the encoder to %s", output_dir / "model")
-        write_metrics(output_dir / "metrics.json", metrics)
-        if datamodule.test_benchmark is not None:
-            report_test_split(metrics, datamodule.test_benchmark.languages, output_dir, loggers)
+        write_outputs(cfg, encoder, metrics, datamodule.test_benchmark, output_dir, loggers)
     finish_loggers(loggers)
+    return metrics
 
-    name = cfg.get("optimized_metric")
-    if name is None:
-        return None
-    if name not in metrics:
-        raise KeyError(f"optimized_metric={name!r} is not among the run's metrics: {sorted(metrics)[:20]}...")
-    return metrics[name]
+
+def scalar_metrics(trainer: pl.Trainer) -> dict[str, float]:
+    """What the run logged last, as floats (`callback_metrics` also holds non-scalar tensors)."""
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+
+
+def load_best_checkpoint(trainer: pl.Trainer, encoder: DualEncoder) -> None:
+    """Test and export the selected checkpoint, not whatever the last step left.
+
+    DeepSpeed saves a directory of ZeRO shards instead of one file.
+    """
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if best:
+        (load_deepspeed_encoder_weights if Path(best).is_dir() else load_encoder_weights)(encoder, best)
+        log.info("best checkpoint: %s", best)
+
+
+def write_outputs(
+    cfg: DictConfig, encoder: DualEncoder, metrics: dict[str, float], test_benchmark: Any, output_dir: Path, loggers: list[Any]
+) -> None:
+    """The exported model, metrics.json and the test split's report (global rank 0 only)."""
+    if cfg.get("export_model"):
+        encoder.save_pretrained(output_dir / "model")
+        log.info("exported the encoder to %s", output_dir / "model")
+    write_metrics(output_dir / "metrics.json", metrics)
+    if test_benchmark is not None:
+        report_test_split(metrics, test_benchmark.languages, output_dir, loggers)
 
 
 def baseline_metrics(cfg: DictConfig, benchmark: Any) -> dict[str, float]:

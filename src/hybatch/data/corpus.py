@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +36,14 @@ class ParallelExample:
     translations: Mapping[str, Translation]
     article: str | None = None  # source document, for splits and overlap checks
     origin: str | None = None  # "file:line" it was read from, for error messages
+    # Identities of the positive passage (in any language), e.g. XQuAD-R's answer sentence: examples
+    # sharing one, or a positive text, have the same passage (see `ParallelCorpus.passage_keys`).
+    passage_ids: tuple[str, ...] = ()
+
+
+def normalise_passage(text: str) -> str:
+    """The form in which two positives count as the same passage: NFKC, case-folded, single spaces."""
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
 
 
 @dataclass
@@ -41,6 +51,7 @@ class ParallelCorpus:
     """A list of parallel examples; ids are unique within a dataset."""
 
     examples: list[ParallelExample] = field(default_factory=list)
+    _passage_keys: list[int] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -50,6 +61,39 @@ class ParallelCorpus:
 
     def languages(self) -> set[str]:
         return {lang for ex in self.examples for lang in ex.translations}
+
+    def passage_keys(self) -> list[int]:
+        """Per example, a key shared by exactly the examples whose positives are the same passage.
+
+        Two examples are linked when they share a `passage_ids` entry or the normalised text of a
+        positive in any language; keys are the connected components (computed once). The loss masks
+        the positives of same-key examples out of each other's negatives.
+        """
+        if self._passage_keys is None:
+            parent = list(range(len(self.examples)))
+
+            def root(i: int) -> int:
+                while parent[i] != i:
+                    parent[i] = parent[parent[i]]
+                    i = parent[i]
+                return i
+
+            owner: dict[bytes, int] = {}
+            for i, ex in enumerate(self.examples):
+                tokens = [f"id\0{p}" for p in ex.passage_ids]
+                tokens += [f"text\0{normalise_passage(t.positive)}" for t in ex.translations.values()]
+                for token in tokens:
+                    j = owner.setdefault(hashlib.blake2b(token.encode(), digest_size=16).digest(), i)
+                    parent[root(i)] = root(j)
+            self._passage_keys = [root(i) for i in range(len(self.examples))]
+            shared = Counter(self._passage_keys)
+            n = sum(c for c in shared.values() if c > 1)
+            if n:
+                log.info(
+                    "%d of %d examples share their positive passage with another (%d passages): they are "
+                    "not used as each other's negatives", n, len(self.examples), sum(c > 1 for c in shared.values()),
+                )
+        return self._passage_keys
 
     def groups(self, languages: Sequence[str], split: str = "train") -> dict[str, DatasetGroup]:
         """Per dataset, the examples available in every one of its languages.

@@ -15,8 +15,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from hybatch.data.corpus import ParallelCorpus, ParallelExample
-from hybatch.data.lareqa import load_lareqa_language
-from hybatch.data.sources import DataSourceError, resolve_files
+from hybatch.data.lareqa import SOURCES, lareqa_files, load_lareqa_language
+from hybatch.data.sources import DataSourceError
 from hybatch.data.training_data import TrainingData
 
 log = logging.getLogger(__name__)
@@ -62,14 +62,10 @@ class HeldOut:
 
 def lareqa_held_out(name: str, data_dir: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None) -> HeldOut:
     """Question ids and article titles of every language file of a LAReQA benchmark (xquad_r, mlqa_r)."""
-    from hybatch.evaluation.lareqa import SOURCES
-
     if name not in SOURCES:
         raise ContaminationError(f"data.hygiene.benchmarks has {name!r}; known benchmarks: {sorted(SOURCES)}")
-    source = SOURCES[name]
-    names = [f"{lang}.json" for lang in source.languages]
     try:
-        files = resolve_files(names, data_dir, source.url_template, cache_dir, source.cache_subdir)
+        files = lareqa_files(name, data_dir=data_dir, cache_dir=cache_dir)
     except DataSourceError as err:
         raise DataSourceError(
             f"{err}. The training data are checked against {name}'s test data: set data.hygiene.benchmarks.{name}=<its "
@@ -77,8 +73,8 @@ def lareqa_held_out(name: str, data_dir: str | os.PathLike | None = None, cache_
         ) from err
     ids: set[str] = set()
     articles: set[str] = set()
-    for lang in source.languages:
-        part = load_lareqa_language(files[f"{lang}.json"], lang)
+    for lang, path in files.items():
+        part = load_lareqa_language(path, lang)
         ids.update(q.qid for q in part.questions)
         articles.update(normalise_title(q.article) for q in part.questions)
     return HeldOut(name, ids=frozenset(ids), articles=frozenset(articles))

@@ -7,6 +7,8 @@ One line per example id::
                       "de": {"query": "...", "positive": "..."}}}
 
 `dataset` defaults to the file's name without extension; `negatives` and `article` are optional.
+An optional `"passage_id"` names the positive passage: examples with the same one (or the same
+normalised positive text in any language) are never each other's negatives.
 """
 
 from __future__ import annotations
@@ -65,7 +67,11 @@ def parse_example(record: object, where: str, default_dataset: str) -> ParallelE
     article = record.get("article")
     if article is not None and not isinstance(article, str):
         raise JsonlFormatError(f"{where}: 'article' must be a string")
-    return ParallelExample(str(record["id"]), dataset, parsed, article, origin=where)
+    passage_id = record.get("passage_id")
+    if passage_id is not None and not isinstance(passage_id, (str, int)):
+        raise JsonlFormatError(f"{where}: 'passage_id' must be a string or integer")
+    passage_ids = () if passage_id is None else (str(passage_id),)
+    return ParallelExample(str(record["id"]), dataset, parsed, article, origin=where, passage_ids=passage_ids)
 
 
 def read_parallel_jsonl(paths: Iterable[str | os.PathLike]) -> ParallelCorpus:

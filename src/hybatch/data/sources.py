@@ -1,21 +1,27 @@
-"""Find data files: a local directory, or a one-time download into the cache."""
+"""Find data files: a local directory, or a one-time download into the cache, verified by sha256."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
-import shutil
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+_BLOCK = 1 << 20
+
 
 class DataSourceError(RuntimeError):
     """A data file could not be found locally nor downloaded."""
+
+
+class ChecksumError(DataSourceError):
+    """A downloaded or cached file is not the one whose sha256 is recorded."""
 
 
 def default_cache_dir() -> Path:
@@ -23,18 +29,50 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("HYBATCH_CACHE", Path.home() / ".cache" / "hybatch")).expanduser()
 
 
-def download(url: str, dest: Path) -> Path:
-    """Download `url` to `dest` atomically (a partial download never looks complete)."""
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download(url: str, dest: Path, sha256: str | None = None) -> Path:
+    """Download `url` to `dest`, checking its sha256 when one is given.
+
+    The bytes go to a temporary file in `dest`'s folder, renamed to `dest` only once complete and
+    verified: an interrupted or mismatching download never lands in the cache.
+    """
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     try:
+        digest = hashlib.sha256()
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-            shutil.copyfileobj(response, out)
+            while block := response.read(_BLOCK):
+                digest.update(block)
+                out.write(block)
+        actual = digest.hexdigest()
+        if sha256 is None:
+            log.warning("%s has no recorded sha256 and is not verified; its sha256 is %s", url, actual)
+        elif actual != sha256.lower():
+            raise ChecksumError(
+                f"{url}: sha256 is {actual}, expected {sha256}. The download was discarded; the file at that "
+                "URL is not the pinned one, or the transfer was corrupted"
+            )
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return dest
+
+
+def _check_cached(path: Path, sha256: str, url: str | None) -> None:
+    actual = file_sha256(path)
+    if actual != sha256.lower():
+        origin = f" (downloaded from {url})" if url else ""
+        raise ChecksumError(
+            f"{path}{origin}: sha256 is {actual}, expected {sha256}; delete it to download the pinned file again"
+        )
 
 
 def resolve_files(
@@ -43,11 +81,14 @@ def resolve_files(
     url_template: str | None,
     cache_dir: str | os.PathLike | None,
     cache_subdir: str,
+    sha256: Mapping[str, str] | None = None,
 ) -> dict[str, Path]:
     """Map each file name to a readable local path.
 
-    With `data_dir`, every file must be there. Without it the files are looked up in
-    `<cache_dir>/<cache_subdir>` and the missing ones downloaded from `url_template.format(name=...)`.
+    With `data_dir`, every file must be there (a local copy is used as it is). Without it the files
+    are looked up in `<cache_dir>/<cache_subdir>` and the missing ones downloaded from
+    `url_template.format(name=...)`; a file with a recorded `sha256[name]` is verified, whether
+    downloaded now or found in the cache.
     """
     if data_dir is not None:
         root = Path(data_dir).expanduser()
@@ -60,16 +101,22 @@ def resolve_files(
 
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     root = root / cache_subdir
+    checksums = sha256 or {}
     paths = {n: root / n for n in names}
     for name, path in paths.items():
+        url = url_template.format(name=name) if url_template is not None else None
         if path.is_file():
+            if name in checksums:
+                _check_cached(path, checksums[name], url)
             continue
-        if url_template is None:
+        if url is None:
             raise DataSourceError(f"{path} does not exist and no download URL is configured; pass data_dir=<dir with {list(names)}>")
-        url = url_template.format(name=name)
         log.info("downloading %s -> %s", url, path)
         try:
-            download(url, path)
+            if name in checksums:
+                download(url, path, checksums[name])
+            else:
+                download(url, path)
         except (urllib.error.URLError, OSError, TimeoutError) as err:
             raise DataSourceError(
                 f"could not download {url} ({err}). Without internet access, put the files {list(names)} "

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from hybatch.data.corpus import ParallelCorpus
-
-if TYPE_CHECKING:
-    from hybatch.evaluation.lareqa import LareqaBenchmark
+from hybatch.data.lareqa import LareqaBenchmark
 
 
 @dataclass
@@ -20,3 +17,5 @@ class TrainingData:
     test: ParallelCorpus | None = None
     val_benchmark: LareqaBenchmark | None = None
     test_benchmark: LareqaBenchmark | None = None
+    # Article titles per split (train / val / test) when the source splits by article: `split.json`.
+    split: dict[str, list[str]] | None = None

@@ -10,19 +10,26 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from hybatch.data.corpus import ParallelCorpus, ParallelExample, Translation
-from hybatch.data.lareqa import CANDIDATE_TEXTS, LareqaLanguage, candidate_text, load_lareqa_language
-from hybatch.data.sources import resolve_files
+from hybatch.data.lareqa import (
+    CANDIDATE_TEXTS,
+    XQUAD_R,
+    LareqaLanguage,
+    build_lareqa_benchmark,
+    lareqa_files,
+    load_lareqa_language,
+    render_candidate,
+)
 from hybatch.data.training_data import TrainingData
 
 log = logging.getLogger(__name__)
 
-XQUAD_R_LANGUAGES = ("ar", "de", "el", "en", "es", "hi", "ru", "th", "tr", "vi", "zh")
-XQUAD_R_URL = "https://raw.githubusercontent.com/google-research-datasets/lareqa/master/xquad-r/{name}"
 SPLITS = ("train", "val", "test")
+FOLD_KEYS = ("folds", "fold")
 
 
 class SplitConfigError(ValueError):
@@ -35,11 +42,14 @@ def split_articles(
     """Assign every article to exactly one split.
 
     `split` gives, per split, a fraction of the articles (seeded shuffle) or an explicit list of
-    titles; with lists, articles named nowhere go to train.
+    titles; with lists, articles named nowhere go to train. With `folds` and `fold`, the test split
+    is fold `fold` of `folds` (see `fold_split`).
     """
-    unknown_keys = set(split) - set(SPLITS)
+    unknown_keys = set(split) - set(SPLITS) - set(FOLD_KEYS)
     if unknown_keys:
-        raise SplitConfigError(f"data.source.split has keys {sorted(unknown_keys)}; expected {SPLITS}")
+        raise SplitConfigError(f"data.source.split has keys {sorted(unknown_keys)}; expected {SPLITS + FOLD_KEYS}")
+    if any(split.get(k) is not None for k in FOLD_KEYS):
+        return fold_split(articles, split, seed)
     values = [split.get(s) for s in SPLITS]
     if all(isinstance(v, (int, float)) or v is None for v in values):
         fractions = [float(v or 0.0) for v in values]
@@ -71,6 +81,36 @@ def split_articles(
     return out
 
 
+def fold_split(articles: Sequence[str], split: Mapping[str, Any], seed: int) -> dict[str, list[str]]:
+    """Cross-validation: the articles, shuffled by `seed`, cut into `split["folds"]` disjoint test
+    folds of (nearly) equal size; fold `split["fold"]` is the test split, so folds 0..K-1 test every
+    article exactly once. `split["val"]` (a fraction of all articles) of the other articles, drawn
+    with `(seed, fold)`, are the validation split; the rest train. `train` / `test` fractions are not used.
+    """
+    folds, fold, val = split.get("folds"), split.get("fold"), split.get("val")
+    if folds is None or fold is None:
+        raise SplitConfigError("cross-validation needs both data.source.split.folds=K and data.source.split.fold=i")
+    if not isinstance(folds, int) or not 2 <= folds <= len(articles):
+        raise SplitConfigError(f"data.source.split.folds={folds!r}: expected an integer in [2, {len(articles)}]")
+    if not isinstance(fold, int) or not 0 <= fold < folds:
+        raise SplitConfigError(f"data.source.split.fold={fold!r}: expected an integer in [0, {folds - 1}]")
+    if not isinstance(val, (int, float)) or not 0 < val < 1:
+        raise SplitConfigError(f"data.source.split.val={val!r}: with folds, expected a fraction of the articles in (0, 1)")
+    order = [articles[i] for i in np.random.default_rng(seed).permutation(len(articles))]
+    bounds = np.linspace(0, len(order), folds + 1).round().astype(int)
+    test = order[bounds[fold] : bounds[fold + 1]]
+    rest = order[: bounds[fold]] + order[bounds[fold + 1] :]
+    n_val = max(1, round(val * len(order)))
+    if n_val >= len(rest):
+        raise SplitConfigError(f"data.source.split.val={val} leaves no training article out of {len(rest)}")
+    chosen = set(np.random.default_rng([seed, fold]).choice(len(rest), size=n_val, replace=False).tolist())
+    return {
+        "test": test,
+        "val": [a for i, a in enumerate(rest) if i in chosen],
+        "train": [a for i, a in enumerate(rest) if i not in chosen],
+    }
+
+
 def examples_from_lareqa(
     data: Mapping[str, LareqaLanguage], articles: set[str], passage_text: str, dataset: str
 ) -> list[ParallelExample]:
@@ -78,6 +118,7 @@ def examples_from_lareqa(
     answer's paragraph are its hard negatives."""
     by_id: dict[str, dict[str, Translation]] = {}
     article_of: dict[str, str] = {}
+    passages: dict[str, list[str]] = {}
     for lang, lang_data in data.items():
         paragraphs: dict[int, list[int]] = {}
         for i, c in enumerate(lang_data.candidates):
@@ -87,41 +128,43 @@ def examples_from_lareqa(
                 continue
             answer = lang_data.candidates[q.answer]
             negatives = tuple(
-                candidate_text(lang_data.candidates[j], passage_text)
+                render_candidate(lang_data.candidates[j], passage_text)
                 for j in paragraphs[answer.paragraph]
                 if j != q.answer
             )
-            by_id.setdefault(q.qid, {})[lang] = Translation(q.text, candidate_text(answer, passage_text), negatives)
+            by_id.setdefault(q.qid, {})[lang] = Translation(q.text, render_candidate(answer, passage_text), negatives)
             article_of[q.qid] = q.article
-    return [ParallelExample(qid, dataset, t, article_of[qid]) for qid, t in by_id.items()]
+            # The answer sentence: questions sharing it (in any language) share their positive.
+            passages.setdefault(q.qid, []).append(f"{q.article}/{answer.paragraph}/{lang}:{answer.sentence}")
+    return [ParallelExample(qid, dataset, t, article_of[qid], passage_ids=tuple(passages[qid])) for qid, t in by_id.items()]
 
 
 def load_xquad_r_split(
     data_dir: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
-    languages: Sequence[str] = XQUAD_R_LANGUAGES,
+    languages: Sequence[str] | None = None,
     split: Mapping[str, float | Sequence[str]] | None = None,
     split_seed: int = 0,
     passage_text: str = "sentence",
-    url: str = XQUAD_R_URL,
+    url: str | None = None,
     name: str = "xquad_r",
     max_articles: int | None = None,
 ) -> TrainingData:
     """XQuAD-R from `data_dir` (else a one-time download into the cache), split by article.
 
-    `languages` are the languages loaded: the data module trains on its configured languages
-    among them, and the val / test benchmarks use all of them (el and vi: zero-shot).
+    `languages` are the languages loaded (None: all 11): the data module trains on its configured
+    languages among them, and the val / test benchmarks use all of them (el and vi: zero-shot).
+    `url` (with `{name}`) replaces the pinned, checksummed download of `hybatch.data.lareqa.XQUAD_R`.
     `max_articles` keeps the first articles only, in file order, for a quick look.
     """
-    from hybatch.evaluation.lareqa import build_lareqa_benchmark
-
-    unknown = [lang for lang in languages if lang not in XQUAD_R_LANGUAGES]
+    languages = list(XQUAD_R.languages if languages is None else languages)
+    unknown = [lang for lang in languages if lang not in XQUAD_R.languages]
     if unknown:
-        raise SplitConfigError(f"XQuAD-R has no language {unknown}; it has {list(XQUAD_R_LANGUAGES)}")
+        raise SplitConfigError(f"XQuAD-R has no language {unknown}; it has {list(XQUAD_R.languages)}")
     if passage_text not in CANDIDATE_TEXTS:
         raise SplitConfigError(f"data.source.passage_text={passage_text!r}: expected one of {CANDIDATE_TEXTS}")
-    files = resolve_files([f"{lang}.json" for lang in languages], data_dir, url, cache_dir, "xquad-r")
-    data = {lang: load_lareqa_language(files[f"{lang}.json"], lang) for lang in languages}
+    files = lareqa_files("xquad_r", languages, data_dir, cache_dir, url_template=url)
+    data = {lang: load_lareqa_language(path, lang) for lang, path in files.items()}
     titles = list(dict.fromkeys(q.article for lang_data in data.values() for q in lang_data.questions))
     if max_articles is not None:
         titles = titles[:max_articles]
@@ -135,4 +178,6 @@ def load_xquad_r_split(
         s: build_lareqa_benchmark(f"{name}_{s}", data, set(parts[s]), candidate_text=passage_text) if parts[s] else None
         for s in ("val", "test")
     }
-    return TrainingData(corpora["train"], corpora["val"], corpora["test"], benchmarks["val"], benchmarks["test"])
+    return TrainingData(
+        corpora["train"], corpora["val"], corpora["test"], benchmarks["val"], benchmarks["test"], split=parts
+    )

@@ -1,5 +1,7 @@
 """LAReQA evaluation (XQuAD-R, MLQA-R): mono-, cross- and multilingual answer retrieval.
 
+The benchmarks themselves (files, parsing, the flat pool) are built in `hybatch.data.lareqa`.
+
 Each question and each candidate is encoded once; every setting is then read off one chunked pass
 over the (questions x all candidates) scores, with the candidates of each language as a sub-pool
 (see `hybatch.retrieval.metrics`). Settings (Roy et al. 2020; the paper's "Evaluation" section):
@@ -13,178 +15,25 @@ over the (questions x all candidates) scores, with the candidates of each langua
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from hybatch.data.lareqa import CANDIDATE_TEXTS, Candidate, LareqaLanguage, Question, load_lareqa_language
-from hybatch.data.lareqa import candidate_text as render_candidate
-from hybatch.data.sources import resolve_files
+from hybatch.data.lareqa import CANDIDATE_TEXTS, SOURCES, LareqaBenchmark, load_lareqa_benchmark
 from hybatch.retrieval.index import TextEncoder
 from hybatch.retrieval.metrics import RankingMetrics, ranking_metrics_from_embeddings
 
 log = logging.getLogger(__name__)
 
-_LAREQA_URL = "https://raw.githubusercontent.com/google-research-datasets/lareqa/master/{folder}/{{name}}"
-
-
-@dataclass(frozen=True)
-class LareqaSource:
-    """Where a LAReQA benchmark's `{lang}.json` files come from."""
-
-    languages: tuple[str, ...]
-    url_template: str
-    cache_subdir: str
-
-
-SOURCES: dict[str, LareqaSource] = {
-    "xquad_r": LareqaSource(
-        ("ar", "de", "el", "en", "es", "hi", "ru", "th", "tr", "vi", "zh"),
-        _LAREQA_URL.format(folder="xquad-r"),
-        "xquad-r",
-    ),
-    # The LAReQA repository keeps MLQA-R (MLQA dev with sentence breaks) in `mlqa-dev-r/`.
-    "mlqa_r": LareqaSource(
-        ("ar", "de", "en", "es", "hi", "vi", "zh"),
-        _LAREQA_URL.format(folder="mlqa-dev-r"),
-        "mlqa-r",
-    ),
-}
-
 # Reported metric name -> name in `RankingMetrics.values`.
 PAIR_METRICS = {"mAP": "AP", "R@1": "R@1", "nDCG@10": "nDCG@10", "MRR@10": "MRR@10"}
 MULTI_METRICS = {"mAP": "AP", "R@10": "R@10", "nDCG@10": "nDCG@10", "MRR@10": "MRR@10"}
-
-
-@dataclass
-class LareqaBenchmark:
-    """Questions and candidates of all languages in one flat pool, candidates grouped by language.
-
-    `relevance[i]` lists the pool indices of question i's answer sentence in every language that
-    has a question with the same id (its own language included).
-    """
-
-    name: str
-    languages: tuple[str, ...]
-    questions: list[Question]
-    candidates: list[Candidate]
-    candidate_texts: list[str]
-    relevance: list[tuple[int, ...]]
-    question_lang: Tensor = field(repr=False)  # (Q,) index into languages
-    candidate_lang: Tensor = field(repr=False)  # (N,) index into languages, non-decreasing
-
-    def __str__(self) -> str:
-        return (
-            f"{self.name}: {len(self.languages)} languages ({', '.join(self.languages)}), "
-            f"{len(self.questions)} questions, {len(self.candidates)} candidates"
-        )
-
-
-def build_lareqa_benchmark(
-    name: str,
-    data: Mapping[str, LareqaLanguage],
-    articles: set[str] | None = None,
-    candidate_text: str = "sentence",
-) -> LareqaBenchmark:
-    """Flatten parsed language files (in `data`'s order) into one benchmark.
-
-    `articles` keeps only the questions and candidates of those articles (titles are shared across
-    languages), e.g. the held-out part of an article-level train/val/test split.
-    """
-    if candidate_text not in CANDIDATE_TEXTS:
-        raise ValueError(f"candidate_text={candidate_text!r}: expected one of {CANDIDATE_TEXTS}")
-    if not data:
-        raise ValueError(f"{name}: no languages given")
-    languages = tuple(data)
-    for lang, part in data.items():
-        if part.lang != lang:
-            raise ValueError(f"{name}: data[{lang!r}] holds language {part.lang!r}")
-    if articles is not None:
-        known = {c.article for part in data.values() for c in part.candidates}
-        if not known & set(articles):
-            raise ValueError(
-                f"{name}: none of the {len(articles)} requested articles exists (e.g. {sorted(articles)[:3]}); "
-                f"the files have e.g. {sorted(known)[:3]}"
-            )
-
-    candidates: list[Candidate] = []
-    questions: list[Question] = []
-    answer_of: list[int] = []  # pool index of each kept question's own answer
-    for lang, part in data.items():
-        remap: dict[int, int] = {}
-        for i, cand in enumerate(part.candidates):
-            if articles is None or cand.article in articles:
-                remap[i] = len(candidates)
-                candidates.append(cand)
-        kept = [q for q in part.questions if articles is None or q.article in articles]
-        if not kept:
-            raise ValueError(f"{name}: language {lang!r} has no question" + (" in the selected articles" if articles else ""))
-        for q in kept:
-            if q.answer not in remap:
-                raise ValueError(f"{name}: question {q.qid} ({lang}) of article {q.article!r} has its answer in another article")
-            questions.append(q)
-            answer_of.append(remap[q.answer])
-
-    answers_by_qid: dict[str, list[int]] = {}
-    for q, answer in zip(questions, answer_of, strict=True):
-        answers_by_qid.setdefault(q.qid, []).append(answer)
-    relevance = [tuple(dict.fromkeys(answers_by_qid[q.qid])) for q in questions]
-    lang_index = {lang: i for i, lang in enumerate(languages)}
-    return LareqaBenchmark(
-        name=name,
-        languages=languages,
-        questions=questions,
-        candidates=candidates,
-        candidate_texts=[render_candidate(c, candidate_text) for c in candidates],
-        relevance=relevance,
-        question_lang=torch.tensor([lang_index[q.lang] for q in questions], dtype=torch.int64),
-        candidate_lang=torch.tensor([lang_index[c.lang] for c in candidates], dtype=torch.int64),
-    )
-
-
-def load_lareqa_benchmark(
-    name: str,
-    languages: Sequence[str] | None = None,
-    data_dir: str | os.PathLike | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    *,
-    url_template: str | None = None,
-    cache_subdir: str | None = None,
-    candidate_text: str = "sentence",
-    articles: set[str] | None = None,
-) -> LareqaBenchmark:
-    """XQuAD-R (`name="xquad_r"`) or MLQA-R (`"mlqa_r"`) from `data_dir`, else downloaded once into the cache.
-
-    Other names need `languages`, `url_template` (with `{name}` for the file name) or `data_dir`.
-    """
-    source = SOURCES.get(name)
-    if source is None and (languages is None or (url_template is None and data_dir is None)):
-        raise ValueError(f"unknown LAReQA benchmark {name!r} (known: {sorted(SOURCES)}); give languages and data_dir or url_template")
-    if languages is None:
-        languages = source.languages
-    languages = list(languages)
-    if source is not None:
-        unknown = [lang for lang in languages if lang not in source.languages]
-        if unknown:
-            raise ValueError(f"{name} has no language {unknown}; it has {list(source.languages)}")
-    if len(set(languages)) != len(languages) or not languages:
-        raise ValueError(f"{name}: languages {languages} must be non-empty and distinct")
-    files = resolve_files(
-        [f"{lang}.json" for lang in languages],
-        data_dir,
-        url_template or (source.url_template if source else None),
-        cache_dir,
-        cache_subdir or (source.cache_subdir if source else name),
-    )
-    data = {lang: load_lareqa_language(files[f"{lang}.json"], lang) for lang in languages}
-    bench = build_lareqa_benchmark(name, data, articles, candidate_text)
-    log.info("%s", bench)
-    return bench
 
 
 def score_lareqa(
@@ -194,8 +43,10 @@ def score_lareqa(
     *,
     chunk_size: int | None = None,
     progress: bool = False,
+    per_query_path: str | os.PathLike | None = None,
 ) -> dict[str, float]:
-    """All settings and metrics from one embedding per question and per candidate (keys: module docstring)."""
+    """All settings and metrics from one embedding per question and per candidate (keys: module docstring);
+    with `per_query_path`, also every query's values per setting there (`write_per_query`)."""
     if question_emb.shape[0] != len(bench.questions) or candidate_emb.shape[0] != len(bench.candidates):
         raise ValueError(
             f"{bench.name}: got {question_emb.shape[0]} question and {candidate_emb.shape[0]} candidate embeddings "
@@ -213,7 +64,44 @@ def score_lareqa(
         chunk_size=chunk_size,
         progress=progress,
     )
+    if per_query_path is not None:
+        write_per_query(per_query_path, bench, res)
     return aggregate_lareqa(bench, res)
+
+
+def per_query_rows(bench: LareqaBenchmark, res: RankingMetrics) -> Iterator[dict[str, Any]]:
+    """One row per question and setting it takes part in, with what pools and pairs results across runs:
+    `benchmark`, `qid`, `lang` (the question's), `article`, `setting` (mono / cross / multi),
+    `candidate_lang` (the pool's language, `all` for multi), `AP`, `R@1` (mono / cross) or `R@10` and
+    `rank_distance` (multi: lowest minus highest rank of its relevant candidates, the term of language
+    bias). A question without an answer in a language has no row for that pair, as in the averages."""
+    columns = {clang: res.column(clang) for clang in bench.languages}
+    answered = (res.n_relevant > 0).tolist()
+    ap = res.values["AP"].tolist()
+    r1 = res.values["R@1"].tolist()
+    r10 = res.values["R@10"].tolist()
+    distance = res.rank_distance().tolist()
+    all_col = res.column("all")
+    for i, q in enumerate(bench.questions):
+        head = {"benchmark": bench.name, "qid": q.qid, "lang": q.lang, "article": q.article}
+        for clang, col in columns.items():
+            if answered[i][col]:
+                setting = "mono" if clang == q.lang else "cross"
+                yield {**head, "setting": setting, "candidate_lang": clang, "AP": ap[i][col], "R@1": r1[i][col]}
+        yield {**head, "setting": "multi", "candidate_lang": "all", "AP": ap[i][all_col], "R@10": r10[i][all_col],
+               "rank_distance": distance[i]}
+
+
+def write_per_query(path: str | os.PathLike, bench: LareqaBenchmark, res: RankingMetrics) -> Path:
+    """`per_query_rows` as JSON lines, written to a temporary file and renamed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in per_query_rows(bench, res))
+    tmp.replace(path)
+    log.info("per-query results of %s: %s", bench.name, path)
+    return path
 
 
 def aggregate_lareqa(bench: LareqaBenchmark, res: RankingMetrics) -> dict[str, float]:
@@ -222,10 +110,7 @@ def aggregate_lareqa(bench: LareqaBenchmark, res: RankingMetrics) -> dict[str, f
     pairs: dict[str, list[dict[str, float]]] = {"mono": [], "cross": []}
     multi: list[dict[str, float]] = []
     all_col = res.column("all")
-    valid = res.relevant >= 0
-    lowest = res.rank.max(1).values
-    highest = torch.where(valid, res.rank, torch.iinfo(res.rank.dtype).max).min(1).values
-    bias = (lowest - highest).double()
+    bias = res.rank_distance().double()
     for qi, qlang in enumerate(bench.languages):
         rows = bench.question_lang == qi
         for clang in bench.languages:
@@ -254,11 +139,15 @@ def evaluate_lareqa(
     batch_size: int = 64,
     progress: bool = True,
     chunk_size: int | None = None,
+    per_query_path: str | os.PathLike | None = None,
 ) -> dict[str, float]:
-    """Encode every distinct question and candidate text once, then score all settings."""
+    """Encode every distinct question and candidate text once, then score all settings (and, with
+    `per_query_path`, write every query's values: `write_per_query`)."""
     question_emb = _encode_unique([q.text for q in bench.questions], encoder, "query", batch_size, progress)
     candidate_emb = _encode_unique(bench.candidate_texts, encoder, "passage", batch_size, progress)
-    return score_lareqa(bench, question_emb, candidate_emb, chunk_size=chunk_size, progress=progress)
+    return score_lareqa(
+        bench, question_emb, candidate_emb, chunk_size=chunk_size, progress=progress, per_query_path=per_query_path
+    )
 
 
 def _encode_unique(texts: Sequence[str], encoder: TextEncoder, role: str, batch_size: int, progress: bool) -> Tensor:
@@ -310,6 +199,9 @@ class LareqaTask:
         )
 
     def evaluate(self, encoder: TextEncoder, *, batch_size: int, work_dir: Path, progress: bool = True) -> dict[str, float]:
+        """The metrics; every query's values go to `<work_dir>/per_query.jsonl`."""
         if self._bench is None:
             self.prepare()
-        return evaluate_lareqa(self._bench, encoder, batch_size=batch_size, progress=progress)
+        return evaluate_lareqa(
+            self._bench, encoder, batch_size=batch_size, progress=progress, per_query_path=Path(work_dir) / "per_query.jsonl"
+        )

@@ -1,4 +1,4 @@
-"""What `evaluate.py` runs: encoder from `cfg.model` (+ `cfg.ckpt_path`), every configured benchmark,
+"""What `evaluate.py` runs: the encoder (`hybatch.models.loading`: `cfg.model` or `cfg.ckpt_path`), every configured benchmark,
 `metrics.json`, report files, printed tables, loggers.
 
 `cfg.benchmark` has one shape for one or many benchmarks: `benchmarks: {prefix: {_target_: ..., ...}}`
@@ -19,18 +19,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
+from hybatch.config import instantiate_dict
 from hybatch.evaluation.lareqa import LareqaTask
 from hybatch.evaluation.miracl import MiraclTask
-from hybatch.reports import (
-    finish_loggers,
-    lareqa_table,
-    log_results,
-    miracl_table,
-    report_lareqa,
-)
+from hybatch.loggers import finish_loggers, log_results
+from hybatch.models.loading import load_encoder
+from hybatch.report.lareqa import lareqa_table, miracl_table, report_lareqa
 from hybatch.retrieval.index import TextEncoder
-from hybatch.run_info import write_run_info
-from hybatch.training import instantiate_dict, write_metrics
+from hybatch.run_outputs import write_metrics, write_run_info
 
 log = logging.getLogger(__name__)
 
@@ -90,19 +86,7 @@ def run_evaluation(cfg: DictConfig) -> dict[str, float]:
     for task in tasks.values():
         task.prepare()  # config and data errors surface before the model loads and anything is encoded
 
-    encoder = instantiate(cfg.model)
-    if cfg.get("ckpt_path"):
-        from hybatch.module import load_encoder_weights
-
-        if Path(cfg.ckpt_path).is_dir():
-            raise ValueError(
-                f"ckpt_path={cfg.ckpt_path!r} is a directory (a DeepSpeed checkpoint): evaluate the model its run "
-                "exported instead, model.name_or_path=<run dir>/model"
-            )
-        if not Path(cfg.ckpt_path).is_file():
-            raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path!r} does not exist")
-        load_encoder_weights(encoder, cfg.ckpt_path)
-        log.info("loaded encoder weights from %s", cfg.ckpt_path)
+    encoder = load_encoder(cfg)
     if isinstance(encoder, torch.nn.Module):
         encoder.eval()
 
@@ -110,11 +94,23 @@ def run_evaluation(cfg: DictConfig) -> dict[str, float]:
     results: dict[str, dict[str, float]] = {}
     for name, task in tasks.items():
         start = time.perf_counter()
-        results[name] = task.evaluate(encoder, batch_size=cfg.batch_size, work_dir=output_dir / name, progress=True)
+        results[name] = task.evaluate(encoder, batch_size=cfg.eval_batch_size, work_dir=output_dir / name, progress=True)
         log.info("%s evaluated in %.1f s", name, time.perf_counter() - start)
         metrics.update({f"{name}/{k}": v for k, v in results[name].items()})
         write_metrics(output_dir / "metrics.json", metrics)  # after each benchmark: a later failure keeps these
+    report_results(cfg, tasks, results, metrics, output_dir)
+    return metrics
 
+
+def report_results(
+    cfg: DictConfig,
+    tasks: dict[str, BenchmarkTask],
+    results: dict[str, dict[str, float]],
+    metrics: dict[str, float],
+    output_dir: Path,
+) -> None:
+    """Pair matrices and plots under `output_dir`, the paper-layout tables on the console, and the
+    flat `metrics`, tables and images to the configured loggers."""
     console = Console()
     lareqa = {name: results[name] for name, task in tasks.items() if isinstance(task, LareqaTask)}
     tables, images = report_lareqa(lareqa, {name: tasks[name].languages for name in lareqa}, output_dir)
@@ -131,4 +127,3 @@ def run_evaluation(cfg: DictConfig) -> dict[str, float]:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         log_results(loggers, metrics, tables, images)
         finish_loggers(loggers)
-    return metrics

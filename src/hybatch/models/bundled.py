@@ -193,6 +193,14 @@ def _read_e5(path: Path) -> _E5File:
         code_point, n_out = table.unpack("IB")
         normalisation[code_point] = "".join(map(chr, table.unpack(f"{n_out}I")))
 
+    tensors = _read_tensor_directory(reader, path)
+    return _E5File(
+        data, hidden, layers, heads, ffn, rows, positions, token_types, eps, pieces, scores, normalisation, tensors
+    )
+
+
+def _read_tensor_directory(reader: _Reader, path: Path) -> dict[str, _Tensor]:
+    """Name, dtype, size and place of every tensor; each checked against the file's length."""
     (n_tensors,) = reader.unpack("i")
     tensors = {}
     for _ in range(n_tensors):
@@ -200,27 +208,12 @@ def _read_e5(path: Path) -> _E5File:
         name = reader.take(name_len).decode("ascii")
         entry = _Tensor(*reader.unpack("BIQQ"))
         expected = {_F32: 4 * entry.numel, _Q4_0: entry.numel // _BLOCK * (2 + _BLOCK // 2)}.get(entry.dtype)
-        if expected != entry.nbytes or entry.numel % _BLOCK or entry.offset + entry.nbytes > len(data):
+        if expected != entry.nbytes or entry.numel % _BLOCK or entry.offset + entry.nbytes > len(reader.data):
             raise BundledModelError(
                 f"{path}: tensor {name!r} has dtype {entry.dtype}, {entry.numel} values, {entry.nbytes} bytes"
             )
         tensors[name] = entry
-
-    return _E5File(
-        data,
-        hidden,
-        layers,
-        heads,
-        ffn,
-        rows,
-        positions,
-        token_types,
-        eps,
-        pieces,
-        scores,
-        normalisation,
-        tensors,
-    )
+    return tensors
 
 
 def _double_array(keys: dict[bytes, int]) -> np.ndarray:

@@ -51,6 +51,14 @@ class RankingMetrics:
         except ValueError:
             raise KeyError(f"no pool {pool!r}; pools are {list(self.pools)}") from None
 
+    def rank_distance(self) -> Tensor:
+        """(Q,) int64: per query, the whole-pool rank of its lowest-ranked relevant item minus that of its
+        highest-ranked one (0 with one relevant item): the per-query term of language bias."""
+        valid = self.relevant >= 0
+        lowest = self.rank.max(1).values
+        highest = torch.where(valid, self.rank, torch.iinfo(self.rank.dtype).max).min(1).values
+        return torch.where(valid.any(1), lowest - highest, 0)
+
 
 def pad_relevance(relevant: Sequence[Sequence[int]] | Tensor, pool_size: int | None = None) -> Tensor:
     """(Q, R) int64 tensor of relevant pool indices, padded with -1; validates range and duplicates."""
