@@ -26,8 +26,10 @@ from hybatch.checkpoints import (
 from hybatch.collate import PairCollator
 from hybatch.config import CONFIG_DIR
 from hybatch.data.corpus import CorpusError, ParallelCorpus
+from hybatch.data.hygiene import BenchmarkHygiene
 from hybatch.data.lareqa import LareqaFormatError, load_lareqa_language
 from hybatch.data.parallel_jsonl import JsonlFormatError, load_parallel_jsonl, read_parallel_jsonl
+from hybatch.data.sources import DataSourceError
 from hybatch.data.training_data import TrainingData
 from hybatch.datamodule import RetrievalDataModule
 from hybatch.encoder import DualEncoder, EncoderConfigError
@@ -118,10 +120,83 @@ def test_language_with_too_few_examples_for_a_batch(tmp_path):
         datamodule(path, languages=["en", "de", "th"]).check()
 
 
-def test_batch_size_larger_than_the_data(tmp_path):
+def test_batch_size_larger_than_the_data_uses_the_largest_batch_it_fills(tmp_path, caplog):
     path = jsonl(tmp_path / "train.jsonl", [line(str(i)) for i in range(10)])
-    with pytest.raises(SamplerConfigError, match=r"'train' has 10 examples, fewer than one global batch \(data.batch_size=16"):
+    dm = datamodule(path, batch_size=16)
+    with caplog.at_level("WARNING", logger="hybatch.datamodule"):
+        dm.check()
+        sampler = dm.make_sampler("train")
+    assert sampler.batch_size == 10 and len(sampler) == 1
+    assert all(len({item.example for item in batch}) == 10 for batch in sampler)  # one dataset, distinct ids
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "data.batch_size=16 x 1 device(s)" in warnings[0] and "using batch size 10" in warnings[0]
+    assert dm.make_sampler("train", world_size=2, rank=1).batch_size == 5  # 10 ids over 2 devices
+
+
+def test_batch_size_larger_than_a_dataset_that_cannot_fill_two_pairs(tmp_path):
+    path = jsonl(tmp_path / "train.jsonl", [line("0")])
+    with pytest.raises(SamplerConfigError, match=r"'train' has 1 examples, fewer than one global batch \(data.batch_size=16"):
         datamodule(path, batch_size=16).check()
+
+
+def test_batch_size_larger_than_one_dataset_of_several(tmp_path):
+    big = jsonl(tmp_path / "big.jsonl", [line(str(i)) for i in range(20)])
+    small = jsonl(tmp_path / "small.jsonl", [line(str(i)) for i in range(5)])
+    dm = datamodule(big, batch_size=16)
+    dm.source = partial(load_parallel_jsonl, train=[str(big), str(small)])
+    with pytest.raises(SamplerConfigError, match=r"'small' has 5 examples, fewer than one global batch \(data.batch_size=16"):
+        dm.check()
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """Every benchmark download fails as it does without internet."""
+    import urllib.error
+
+    def fail(url, *args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr("hybatch.data.sources.download", fail)
+
+
+def training_data(tmp_path: Path, n: int) -> TrainingData:
+    return TrainingData(read_parallel_jsonl([jsonl(tmp_path / "train.jsonl", [line(str(i)) for i in range(n)])]))
+
+
+def test_hygiene_benchmark_unavailable_offline_warns_and_is_reported(tmp_path, offline, caplog):
+    data = training_data(tmp_path, 4)
+    hygiene = BenchmarkHygiene({"mlqa_r": None}, cache_dir=tmp_path / "empty-cache")
+    with caplog.at_level("WARNING", logger="hybatch.data.hygiene"):
+        kept = hygiene(data)
+    assert len(kept.train) == 4
+    assert hygiene.report()["checked"] == {} and list(hygiene.report()["unavailable"]) == ["mlqa_r"]
+    assert "name resolution" in hygiene.report()["unavailable"]["mlqa_r"]
+    (message,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "mlqa_r is unavailable" in message and "name resolution" in message
+    assert "data.hygiene.benchmarks.mlqa_r=<directory of its files>" in message
+
+
+def test_hygiene_benchmark_unavailable_with_on_unavailable_raise(tmp_path, offline):
+    data = training_data(tmp_path, 1)
+    with pytest.raises(DataSourceError, match=r"could not download .*set data.hygiene.benchmarks.mlqa_r=<its directory>"):
+        BenchmarkHygiene({"mlqa_r": None}, cache_dir=tmp_path, on_unavailable="raise")(data)
+    with pytest.raises(ValueError, match="on_unavailable='ignore'"):
+        BenchmarkHygiene(on_unavailable="ignore")
+
+
+def test_hygiene_benchmark_directory_given_but_missing_is_an_error(tmp_path, offline):
+    data = training_data(tmp_path, 1)
+    with pytest.raises(DataSourceError, match=r"no-such-dir' is not a directory.*data.hygiene.benchmarks.xquad_r"):
+        BenchmarkHygiene({"xquad_r": str(tmp_path / "no-such-dir")})(data)
+
+
+def test_hygiene_checks_the_benchmarks_it_has_and_skips_the_others(tmp_path, offline, xquad_r_dir):
+    data = training_data(tmp_path, 4)
+    hygiene = BenchmarkHygiene({"xquad_r": str(xquad_r_dir), "mlqa_r": None}, cache_dir=tmp_path)
+    hygiene(data)
+    report = hygiene.report()
+    assert list(report["checked"]) == ["xquad_r"] and report["checked"]["xquad_r"]["questions"] > 0
+    assert list(report["unavailable"]) == ["mlqa_r"]
 
 
 def test_cross_lingual_sampler_with_one_language(tmp_path):
@@ -241,7 +316,7 @@ def compose_train(overrides):
     [
         (["data.languages=[en,xx]"], CorpusError, "data.languages has ['xx']"),
         (["sampler.alpha=1.5"], SamplerConfigError, "sampler.alpha=1.5"),
-        (["data.batch_size=4096"], SamplerConfigError, "fewer than one global batch"),
+        (["data.batch_size=0"], SamplerConfigError, "data.batch_size=0: expected >= 1"),
         (["sampler=cross", "data.languages=[en]"], SamplerConfigError, "draws only cross-lingual batches"),
         (["model=xlmr_base", "model.name_or_path=/no/such/model"], EncoderConfigError, "/no/such/model"),
         (["ckpt_path=WIDE"], CheckpointMismatchError, "does not fit the configured encoder"),

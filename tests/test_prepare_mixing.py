@@ -122,7 +122,7 @@ def test_paper_mix_reads_every_prepared_file_and_shard_of_a_directory(tmp_path):
     write(tmp_path / "nq.shard-00000-of-00002.jsonl", rows("a", 3))
     write(tmp_path / "nq.shard-00001-of-00002.jsonl", rows("b", 2))
     write(tmp_path / "mfaq.jsonl", rows("f", 4))
-    (tmp_path / ".nq.jsonl.0123.part").write_text("half a line", encoding="utf-8")  # an unfinished run's file
+    (tmp_path / ".nq.jsonl.0123.tmp").write_text("half a line", encoding="utf-8")  # an unfinished run's file
     data = load_prepared_directory(tmp_path)
     assert Counter(ex.dataset for ex in data.train.examples) == {"nq": 5, "mfaq": 4}
     assert Counter(ex.dataset for ex in load_prepared_directory(tmp_path, datasets=["mfaq"]).train.examples) == {"mfaq": 4}

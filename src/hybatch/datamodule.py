@@ -22,7 +22,7 @@ from hybatch.held_out_batches import (
     PlannedBatchSampler,
     plan_held_out_batches,
 )
-from hybatch.samplers import BatchItem, ParallelBatchSampler
+from hybatch.samplers import BatchItem, DatasetGroup, ParallelBatchSampler
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +139,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         self.hygiene = hygiene
         self.val_batches = HeldOutBatchConfig.from_config(val_batches)
         self._plans: dict[tuple[str, int], HeldOutPlan] = {}
+        self._fitted_batch_sizes: set[tuple[str, int, int]] = set()
         self.data: TrainingData | None = None
         self._train_loader: ResumableDataLoader | None = None
         self._resume_state: dict[str, Any] | None = None
@@ -226,8 +227,8 @@ class RetrievalDataModule(pl.LightningDataModule):
         """The configured sampler over one split (also used by `hybatch.describe_batches`)."""
         self.setup()
         corpus: ParallelCorpus = getattr(self.data, split)
-        batch_size = batch_size or self.batch_size
         groups = corpus.groups(self.languages, split)
+        batch_size = batch_size or self.batch_size
         for name, group in groups.items():
             # When every language is short the data is smaller than a batch: the sampler says so.
             counts = {lang: group.language_counts.get(lang, 0) for lang in group.languages}
@@ -238,7 +239,26 @@ class RetrievalDataModule(pl.LightningDataModule):
                     f"(data.batch_size={batch_size} x {world_size} device(s)); lower data.batch_size or leave "
                     f"them out of data.languages"
                 )
+        batch_size = self._fit_batch_size(groups, batch_size, world_size, split)
         return self.sampler_factory(groups=groups, batch_size=batch_size, seed=self.seed, world_size=world_size, rank=rank)
+
+    def _fit_batch_size(self, groups: Mapping[str, DatasetGroup], batch_size: int, world_size: int, split: str) -> int:
+        """`batch_size`, or the largest per-device batch the data allow when every dataset is smaller than
+        one global batch: a batch comes from one dataset and holds distinct ids, so the smallest dataset
+        bounds it. Below 2 pairs (no in-batch negative), or when only some datasets are short, the
+        sampler's error stands."""
+        sizes = {name: len(g.examples) for name, g in groups.items()}
+        fitted = min(sizes.values()) // world_size
+        if max(sizes.values()) >= batch_size * world_size or fitted < 2:
+            return batch_size
+        if (split, batch_size, world_size) not in self._fitted_batch_sizes:
+            self._fitted_batch_sizes.add((split, batch_size, world_size))
+            log.warning(
+                "data.batch_size=%d x %d device(s) is more than every %s dataset holds (%s examples): using batch "
+                "size %d, the largest the smallest dataset fills; set data.batch_size to choose it yourself",
+                batch_size, world_size, split, sizes, fitted,
+            )  # fmt: skip
+        return fitted
 
     def _loader(self, corpus: ParallelCorpus, batch_sampler: Sampler, **kwargs: Any) -> DataLoader:
         if self.collator is None:

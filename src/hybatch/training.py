@@ -27,7 +27,7 @@ from hybatch.collate import PairCollator
 from hybatch.config import instantiate_dict
 from hybatch.datamodule import RetrievalDataModule
 from hybatch.encoder import DualEncoder
-from hybatch.interpolation import interpolate_after_fit
+from hybatch.interpolation import interpolate_after_fit, interpolation_config
 from hybatch.loggers import finish_loggers, log_results
 from hybatch.module import DualEncoderModule
 from hybatch.report.lareqa import lareqa_table, report_lareqa
@@ -94,6 +94,7 @@ def build_checked(
     seconds, before a model is loaded; a checkpoint of another backbone before any training."""
     datamodule = instantiate(cfg.data, sampler=instantiate(cfg.sampler), seed=cfg.seed)
     datamodule.check(monitor=OmegaConf.select(cfg, "callbacks.model_checkpoint.monitor"))
+    interpolation_config(cfg, datamodule)
     encoder = instantiate(cfg.model)
     datamodule.collator = PairCollator.from_encoder(encoder)
     # The model config goes into the checkpoints: `evaluate.py ckpt_path=...` rebuilds the encoder from it.

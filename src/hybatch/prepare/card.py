@@ -2,6 +2,7 @@
 
 What anyone needs to trust or reproduce the file: the source and its revision and license, the
 translation model and its settings, the languages, the counts before and after every step, the
+benchmarks the contamination guard checked and those it could not obtain, the
 time it took, and the package versions and git commit that made it.
 """
 
@@ -13,7 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hybatch.run_outputs import atomic_write_text, git_commit, package_versions
+from hybatch.atomic import atomic_write_text
+from hybatch.run_outputs import git_commit, package_versions
 
 CARD_VERSION = 1
 
@@ -34,6 +36,7 @@ def build_card(
     shard: int,
     num_shards: int,
     counts: dict[str, Any],
+    hygiene: dict[str, Any] | None,
     translation_stats: dict[str, Any],
     seconds: float,
 ) -> dict[str, Any]:
@@ -48,6 +51,7 @@ def build_card(
         "shard": shard,
         "num_shards": num_shards,
         "counts": counts,
+        "hygiene": hygiene,
         "translation_stats": translation_stats,
         "seconds": round(seconds, 3),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

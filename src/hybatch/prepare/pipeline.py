@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from hybatch.atomic import atomic_open
 from hybatch.data.corpus import ParallelCorpus, ParallelExample, Translation
 from hybatch.data.training_data import TrainingData
 from hybatch.prepare.cache import TranslationCache
@@ -154,17 +153,9 @@ def to_jsonl_line(ex: ParallelExample) -> str:
 def write_jsonl_atomically(path: Path, examples: Sequence[ParallelExample]) -> None:
     """A hidden temporary file (not matched by `*.jsonl`) renamed over `path` once complete and synced."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            for ex in examples:
-                f.write(to_jsonl_line(ex) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_open(path, durable=True) as f:
+        for ex in examples:
+            f.write(to_jsonl_line(ex) + "\n")
 
 
 def guard_contamination(examples: list[ParallelExample], hygiene: Callable[[TrainingData], TrainingData] | None) -> tuple[list[ParallelExample], int]:
@@ -185,7 +176,8 @@ def run_prepare(cfg: DictConfig) -> Path:
     out_dir = Path(cfg.out_dir).expanduser()
     out = output_path(out_dir, source.name, cfg.shard, cfg.num_shards)
 
-    examples, source_counts = source.examples()
+    # With a limit, the source stops reading there (a hub dataset is streamed, not downloaded whole).
+    examples, source_counts = source.examples(limit=cfg.limit)
     log.info("%s: %d examples from %d rows; dropped %s", source.name, len(examples), source_counts["rows"],
              {k: v for k, v in source_counts.items() if k not in ("rows", "examples")})  # fmt: skip
     if cfg.limit is not None:
@@ -216,6 +208,8 @@ def run_prepare(cfg: DictConfig) -> Path:
         **prepared.counts,
         "written": len(prepared.examples),
     }
+    # Which benchmarks the guard checked and which it could not obtain (offline), and why.
+    hygiene_report = hygiene.report() if hasattr(hygiene, "report") else None
     translation = None
     if translator is not None:
         translation = {"target": cfg.translate["_target_"], "cache_key": translator.cache_key,
@@ -224,7 +218,7 @@ def run_prepare(cfg: DictConfig) -> Path:
     card = build_card(
         dataset=source.name, output=out, source=source.describe(), translation=translation,
         source_language=source.language, languages=[source.language, *languages], shard=cfg.shard,
-        num_shards=cfg.num_shards, counts=counts, translation_stats=prepared.translation_stats,
+        num_shards=cfg.num_shards, counts=counts, hygiene=hygiene_report, translation_stats=prepared.translation_stats,
         seconds=time.perf_counter() - start,
     )  # fmt: skip
     write_card(card_path(out), card)

@@ -136,8 +136,9 @@ class Source(ABC):
         self.limits = {"max_query_chars": max_query_chars, "max_passage_chars": max_passage_chars, "max_negatives": max_negatives}
 
     @abstractmethod
-    def rows(self) -> Iterator[tuple[str, Any]]:
-        """(location for error messages, row) pairs."""
+    def rows(self, streaming: bool = False) -> Iterator[tuple[str, Any]]:
+        """(location for error messages, row) pairs; `streaming`: read only as far as they are consumed
+        (a hub dataset is then not downloaded whole)."""
 
     def describe(self) -> dict[str, Any]:
         """Where the data came from, for the dataset card."""
@@ -147,11 +148,14 @@ class Source(ABC):
     def selected(self, row: Any, where: str) -> bool:
         return all(lookup(row, key, where) == value for key, value in self.where.items())
 
-    def examples(self) -> tuple[list[ParallelExample], Counter[str]]:
-        """The normalised examples and the counts: rows read, not selected by `where`, dropped by reason."""
+    def examples(self, limit: int | None = None) -> tuple[list[ParallelExample], Counter[str]]:
+        """The normalised examples and the counts: rows read, not selected by `where`, dropped by reason.
+        With `limit`, reading stops at the `limit`-th example (the counts are of the rows read)."""
         norm = Normaliser(self.name, **self.limits)
-        examples = []
-        for index, (where, row) in enumerate(self.rows()):
+        examples: list[ParallelExample] = []
+        for index, (where, row) in enumerate(self.rows(streaming=limit is not None)):
+            if limit is not None and len(examples) >= limit:
+                break
             norm.counts["rows"] += 1
             if not self.selected(row, where):
                 norm.counts["not_selected"] += 1
@@ -177,7 +181,7 @@ class FileSource(Source):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "path": str(self.path.resolve()), "format": self.format}
 
-    def rows(self) -> Iterator[tuple[str, Any]]:
+    def rows(self, streaming: bool = False) -> Iterator[tuple[str, Any]]:
         if not self.path.is_file():
             raise SourceError(f"source.path: {self.path} does not exist")
         if self.format == "jsonl":
@@ -230,9 +234,9 @@ class HubSource(Source):
         return {**super().describe(), "dataset": self.dataset, "revision": self.revision, "split": self.split,
                 "config": self.config, "data_files": self.data_files}  # fmt: skip
 
-    def rows(self) -> Iterator[tuple[str, Any]]:
+    def rows(self, streaming: bool = False) -> Iterator[tuple[str, Any]]:
         extra = {"data_files": self.data_files} if self.data_files else {}
-        data = load_hub_dataset(self.dataset, self.revision, self.split, self.config, **extra)
+        data = load_hub_dataset(self.dataset, self.revision, self.split, self.config, streaming=streaming, **extra)
         for index, row in enumerate(data):
             yield f"{self.dataset}@{self.revision}[{self.split}] row {index}", row
 
@@ -251,19 +255,23 @@ class ParallelHubSource(HubSource):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "languages": self.languages}
 
-    def language_rows(self, spec: Any) -> Iterator[tuple[str, Any]]:
+    def language_rows(self, spec: Any, streaming: bool = False) -> Iterator[tuple[str, Any]]:
         spec = spec if isinstance(spec, Mapping) else {"config": spec}
-        data = load_hub_dataset(self.dataset, self.revision, self.split, spec.get("config"),
+        data = load_hub_dataset(self.dataset, self.revision, self.split, spec.get("config"), streaming=streaming,
                                 **({"data_files": spec["data_files"]} if spec.get("data_files") else {}))  # fmt: skip
         for index, row in enumerate(data):
             yield f"{self.dataset}@{self.revision}[{spec}] row {index}", row
 
-    def examples(self) -> tuple[list[ParallelExample], Counter[str]]:
+    def examples(self, limit: int | None = None) -> tuple[list[ParallelExample], Counter[str]]:
+        """With `limit`, each language is read up to its `limit`-th row: exact for rows joined by index,
+        and the first `limit` joined examples are kept."""
         norm = Normaliser(self.name, **self.limits)
         by_id: dict[str, dict[str, Translation]] = {}
         articles: dict[str, Any] = {}
         for lang, spec in self.languages.items():
-            for index, (where, row) in enumerate(self.language_rows(spec)):
+            for index, (where, row) in enumerate(self.language_rows(spec, streaming=limit is not None)):
+                if limit is not None and index >= limit:
+                    break
                 norm.counts["rows"] += 1
                 if not self.selected(row, where):
                     norm.counts["not_selected"] += 1
@@ -274,6 +282,6 @@ class ParallelHubSource(HubSource):
                     key = str(get["id"]) if "id" in self.fields else f"{self.name}-{index}"
                     by_id.setdefault(key, {})[lang] = t
                     articles.setdefault(key, get.get("article"))
-        examples = [norm.example(i, ts, articles[i], i) for i, ts in by_id.items()]
+        examples = [norm.example(i, ts, articles[i], i) for i, ts in by_id.items()][:limit]
         norm.counts["examples"] = len(examples)
         return examples, norm.counts

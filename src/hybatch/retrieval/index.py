@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from hybatch.atomic import atomic_write_text
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
@@ -56,9 +58,7 @@ def _as_float32(x: np.ndarray | torch.Tensor) -> np.ndarray:
 
 
 def _write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1))
 
 
 @dataclass
@@ -139,69 +139,77 @@ def encode_shards(
     directory.mkdir(parents=True, exist_ok=True)
     with torch.inference_mode():
         probe = _as_float32(encoder.encode([_PROBE], role, batch_size=1, progress=False))[0]
-    if (directory / MANIFEST).is_file():
-        store = EmbeddingShards.open(directory)
-        expected = {"fingerprint": fingerprint, "shard_size": shard_size, "dtype": dtype, "role": role, "dim": len(probe)}
-        found = {key: store.manifest[key] for key in expected}
-        if found != expected:
-            raise ShardStoreError(
-                f"{directory / MANIFEST} was written with {found}, this run asks for {expected}; "
-                "delete the directory or choose another one"
-            )
-        if float(np.dot(np.asarray(store.manifest["probe"], dtype=np.float32), probe)) < 0.999:
-            raise ShardStoreError(f"{directory} holds embeddings of another encoder; delete it or choose another directory")
-        if store.complete:
-            log.info("%s: all %d embeddings already encoded", directory, len(store))
-            return store
-        log.info("%s: resuming after %d finished shards", directory, len(store.manifest["shards"]))
-    else:
-        manifest = {"format": _FORMAT, "dim": len(probe), "dtype": dtype, "shard_size": shard_size, "role": role,
-                    "fingerprint": fingerprint, "probe": probe.tolist(), "shards": [], "complete": False}
-        _write_json_atomic(directory / MANIFEST, manifest)
-        store = EmbeddingShards(directory, manifest)
-
+    expected = {"fingerprint": fingerprint, "shard_size": shard_size, "dtype": dtype, "role": role, "dim": len(probe)}
+    store = _open_or_create_store(directory, expected, probe)
+    if store.complete:
+        log.info("%s: all %d embeddings already encoded", directory, len(store))
+        return store
     done = len(store)
     it = iter(records)
     skipped = sum(1 for _ in itertools.islice(it, done))
     if skipped != done:
         raise ShardStoreError(f"{directory}: the corpus now has {skipped} records, fewer than the {done} already encoded")
-    piece = max(batch_size, 2048)
     bar = tqdm(total=total, initial=done, desc=f"encoding {directory.name}", unit="doc", disable=not progress)
-    while True:
-        rows = list(itertools.islice(it, shard_size))
-        if not rows:
-            break
-        index = len(store.manifest["shards"])
-        name, ids_name = f"shard-{index:05d}.npy", f"ids-{index:05d}.txt"
-        for n, (doc_id, _) in enumerate(rows):
-            if not isinstance(doc_id, str) or not doc_id or "\n" in doc_id:
-                raise ShardStoreError(f"record {done + n}: document id {doc_id!r} must be a non-empty one-line string")
-        tmp = directory / f".{name}.part"
-        try:
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(len(rows), store.dim))
-            for lo in range(0, len(rows), piece):
-                texts = [text for _, text in rows[lo : lo + piece]]
-                with torch.inference_mode():
-                    emb = encoder.encode(texts, role, batch_size=batch_size, progress=False)
-                out[lo : lo + len(texts)] = _as_float32(emb)
-                bar.update(len(texts))
-            out.flush()
-            del out
-            os.replace(tmp, directory / name)
-        except BaseException:
-            tmp.unlink(missing_ok=True)  # a killed process leaves it behind instead: the next run overwrites it
-            raise
-        ids_tmp = directory / f".{ids_name}.part"
-        ids_tmp.write_text("".join(f"{doc_id}\n" for doc_id, _ in rows), encoding="utf-8")
-        os.replace(ids_tmp, directory / ids_name)
-        store.manifest["shards"].append({"file": name, "ids": ids_name, "rows": len(rows)})
-        _write_json_atomic(directory / MANIFEST, store.manifest)
+    while rows := list(itertools.islice(it, shard_size)):
+        _write_shard(store, rows, encoder, role, batch_size, dtype, first_record=done, bar=bar)
         done += len(rows)
     bar.close()
     store.manifest["complete"] = True
     _write_json_atomic(directory / MANIFEST, store.manifest)
     return store
 
+
+
+def _open_or_create_store(directory: Path, expected: dict, probe: np.ndarray) -> EmbeddingShards:
+    """The directory's store, refused when it was written for other texts or another encoder; else a new one."""
+    if not (directory / MANIFEST).is_file():
+        manifest = {"format": _FORMAT, **expected, "probe": probe.tolist(), "shards": [], "complete": False}
+        _write_json_atomic(directory / MANIFEST, manifest)
+        return EmbeddingShards(directory, manifest)
+    store = EmbeddingShards.open(directory)
+    found = {key: store.manifest[key] for key in expected}
+    if found != expected:
+        raise ShardStoreError(
+            f"{directory / MANIFEST} was written with {found}, this run asks for {expected}; "
+            "delete the directory or choose another one"
+        )
+    if float(np.dot(np.asarray(store.manifest["probe"], dtype=np.float32), probe)) < 0.999:
+        raise ShardStoreError(f"{directory} holds embeddings of another encoder; delete it or choose another directory")
+    if not store.complete:
+        log.info("%s: resuming after %d finished shards", directory, len(store.manifest["shards"]))
+    return store
+
+
+def _write_shard(
+    store: EmbeddingShards, rows: list, encoder: TextEncoder, role: str, batch_size: int, dtype: str, *, first_record: int, bar: tqdm
+) -> None:
+    """Encode one shard into a hidden memory-mapped file, rename it, then record it in the manifest:
+    a killed run leaves at worst a `.part` file, which the next run overwrites."""
+    directory = store.directory
+    index = len(store.manifest["shards"])
+    name, ids_name = f"shard-{index:05d}.npy", f"ids-{index:05d}.txt"
+    for n, (doc_id, _) in enumerate(rows):
+        if not isinstance(doc_id, str) or not doc_id or "\n" in doc_id:
+            raise ShardStoreError(f"record {first_record + n}: document id {doc_id!r} must be a non-empty one-line string")
+    piece = max(batch_size, 2048)
+    tmp = directory / f".{name}.part"
+    try:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(len(rows), store.dim))
+        for lo in range(0, len(rows), piece):
+            texts = [text for _, text in rows[lo : lo + piece]]
+            with torch.inference_mode():
+                emb = encoder.encode(texts, role, batch_size=batch_size, progress=False)
+            out[lo : lo + len(texts)] = _as_float32(emb)
+            bar.update(len(texts))
+        out.flush()
+        del out
+        os.replace(tmp, directory / name)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    atomic_write_text(directory / ids_name, "".join(f"{doc_id}\n" for doc_id, _ in rows))
+    store.manifest["shards"].append({"file": name, "ids": ids_name, "rows": len(rows)})
+    _write_json_atomic(directory / MANIFEST, store.manifest)
 
 def _gpu_available() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
