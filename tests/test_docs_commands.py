@@ -191,6 +191,9 @@ COMMANDS: dict[str, Run | Skip] = {
     "python train.py -m experiment=sampler_comparison data.data_dir=../shared/data/xquad-r": Skip(
         "with the test's overrides the same run as README's `python train.py -m experiment=sampler_comparison`"
     ),
+    "python train.py seed=1 interpolation=wise_ft data.data_dir=../shared/data/xquad-r": Skip(
+        "with the test's overrides the same run as README's `python train.py interpolation=wise_ft`"
+    ),
 }
 
 

@@ -200,8 +200,8 @@ def test_cli_writes_folders_that_load_in_sentence_transformers_and_back(tmp_path
     fine.save_pretrained(tmp_path / "fine")
     main([str(tmp_path / "start"), str(tmp_path / "fine"), "--lambda", "0.5", str(tmp_path / "half")])
     main([str(tmp_path / "start"), str(tmp_path / "fine"), "--lambda", "0", "--lambda", "1", str(tmp_path / "grid")])
-    assert sorted(p.name for p in (tmp_path / "grid").iterdir()) == ["lambda=0", "lambda=1"]
-    assert all((tmp_path / "grid" / name / "modules.json").is_file() for name in ("lambda=0", "lambda=1"))
+    assert sorted(p.name for p in (tmp_path / "grid").iterdir()) == ["lambda_0", "lambda_1"]
+    assert all((tmp_path / "grid" / name / "modules.json").is_file() for name in ("lambda_0", "lambda_1"))
 
     reloaded = cpu_state(DualEncoder.from_pretrained(str(tmp_path / "half")))
     expected = interpolate_states(cpu_state(start), cpu_state(fine), 0.5)

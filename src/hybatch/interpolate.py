@@ -3,7 +3,7 @@
 Both folders are loaded with the encoder class (folders written by `DualEncoder.save_pretrained`,
 sentence-transformers folders, Hugging Face folders); θ(λ) = (1-λ)·start + λ·fine-tuned is written
 as an exported folder with the fine-tuned model's settings (pooling, prompts, max lengths). With
-several `--lambda`, each goes to `<out>/lambda=<λ>/`.
+several `--lambda`, each goes to `<out>/lambda_<λ>/`.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def interpolate_folders(start: str, fine_tuned: str, lambdas: Sequence[float], o
     written = []
     for lam in lambdas:
         load_interpolated(encoder, start_state, fine_state, lam)
-        folder = out if len(lambdas) == 1 else out / f"lambda={lambda_label(lam)}"
+        folder = out if len(lambdas) == 1 else out / f"lambda_{lambda_label(lam)}"  # no "=": the path must work as a Hydra override value
         encoder.save_pretrained(folder)
         log.info("λ=%g: wrote %s", lam, folder)
         written.append(folder)
@@ -54,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m hybatch.interpolate", description=__doc__.splitlines()[0])
     parser.add_argument("start", help="the starting model (e.g. the backbone): an exported / sentence-transformers / HF folder")
     parser.add_argument("fine_tuned", help="the fine-tuned model, same architecture (e.g. <run dir>/model)")
-    parser.add_argument("out", type=Path, help="output folder (with several --lambda: one <out>/lambda=<λ>/ each)")
+    parser.add_argument("out", type=Path, help="output folder (with several --lambda: one <out>/lambda_<λ>/ each)")
     parser.add_argument("--lambda", dest="lambdas", type=float, action="append", required=True, help="weight of the fine-tuned model in [0, 1]; repeatable")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
