@@ -44,3 +44,13 @@ def cache_dir(tmp_path_factory) -> Path:
     path = Path(os.environ.get("HYBATCH_TEST_CACHE", tmp_path_factory.mktemp("hybatch-cache")))
     os.environ["HYBATCH_CACHE"] = str(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on a shared machine they spin against other jobs
+    (`pytestmark = pytest.mark.usefixtures("one_thread")`)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

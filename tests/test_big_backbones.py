@@ -73,6 +73,9 @@ CONFIGS = {
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64}
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 def tiny_variant(config: PretrainedConfig, vocab_size: int) -> PretrainedConfig:
     """The same architecture class at a few thousand parameters per layer."""
     values = {**config.to_dict(), **TINY, "vocab_size": vocab_size}
@@ -80,15 +83,6 @@ def tiny_variant(config: PretrainedConfig, vocab_size: int) -> PretrainedConfig:
     if "num_key_value_heads" in values:
         values.update(num_key_value_heads=2, head_dim=8)
     return type(config)(**values)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a shared machine they spin against other jobs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,8 @@ from hybatch.evaluation.runner import run_evaluation
 from hybatch.models.loading import load_encoder
 from hybatch.training import run_training
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def job_config(config_name: str, overrides: list[str]) -> DictConfig:
     """The config as `hydra.main` hands it to the job: the Hydra node set aside, readable through HydraConfig."""
@@ -36,15 +38,6 @@ def job_config(config_name: str, overrides: list[str]) -> DictConfig:
     with open_dict(cfg):
         del cfg["hydra"]
     return cfg
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a shared machine they spin against other jobs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -55,6 +55,16 @@ def _pair_keys(metrics: dict[str, float]) -> list[str]:
     return [k for k in metrics if k.startswith("pair/") and k.endswith("/mAP")]
 
 
+def pessimistic_ranks(row: torch.Tensor, members: list[int], relevant: list[int]) -> list[int]:
+    """Pessimistic ranks: a tied non-relevant item first; tied relevant items in relevance-list order."""
+    out = []
+    for pos, j in enumerate(relevant):
+        ahead = sum(1 for m in members if m not in relevant and row[m] >= row[j])
+        ahead += sum(1 for p, r in enumerate(relevant) if row[r] > row[j] or (row[r] == row[j] and p < pos))
+        out.append(ahead + 1)
+    return out
+
+
 def test_xquad_r_relevance_on_the_real_files(xquad_r_dir):
     bench = load_lareqa_benchmark("xquad_r", data_dir=xquad_r_dir)
     assert bench.languages == XQUAD_LANGS
@@ -210,15 +220,6 @@ def test_chunked_kernel_equals_naive_per_pair_loop(ties):
     metrics = score_lareqa(bench, q_emb, c_emb, chunk_size=5)
     scores = q_emb @ c_emb.T
 
-    def ranks(row: torch.Tensor, members: list[int], relevant: list[int]) -> list[int]:
-        """Pessimistic ranks: a tied non-relevant item first; tied relevant items in relevance-list order."""
-        out = []
-        for pos, j in enumerate(relevant):
-            ahead = sum(1 for m in members if m not in relevant and row[m] >= row[j])
-            ahead += sum(1 for p, r in enumerate(relevant) if row[r] > row[j] or (row[r] == row[j] and p < pos))
-            out.append(ahead + 1)
-        return out
-
     pair_values: dict[tuple[str, str], list[tuple[float, float]]] = {}
     multi: dict[str, list[tuple[float, float]]] = {}
     for i, q in enumerate(bench.questions):
@@ -230,10 +231,10 @@ def test_chunked_kernel_equals_naive_per_pair_loop(ties):
                 continue
             y = [int(j in rel_c) for j in members]
             ap = average_precision_score(y, scores[i, members].numpy())
-            pair_values.setdefault((q.lang, cl), []).append((ap, float(min(ranks(scores[i], members, rel_c)) == 1)))
+            pair_values.setdefault((q.lang, cl), []).append((ap, float(min(pessimistic_ranks(scores[i], members, rel_c)) == 1)))
         everything = list(range(len(bench.candidates)))
         y = [int(j in rel) for j in everything]
-        r = ranks(scores[i], everything, rel)
+        r = pessimistic_ranks(scores[i], everything, rel)
         multi.setdefault(q.lang, []).append((average_precision_score(y, scores[i].numpy()), max(r) - min(r)))
 
     for (ql, cl), rows in pair_values.items():

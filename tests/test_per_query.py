@@ -12,7 +12,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 from sklearn.metrics import average_precision_score
-from test_lareqa_eval import mlqa_like_dir  # noqa: F401  (the fixture)
+from test_lareqa_eval import mlqa_like_dir, pessimistic_ranks  # noqa: F401  (mlqa_like_dir: the fixture)
 
 from hybatch.config import CONFIG_DIR
 from hybatch.data.lareqa import Candidate, LareqaLanguage, Question, build_lareqa_benchmark
@@ -33,15 +33,6 @@ def random_benchmark(seed: int = 3):
         data[lang] = LareqaLanguage(lang, qs, cands)
     bench = build_lareqa_benchmark("rand", data)
     return bench, torch.randn(len(bench.questions), 6, generator=gen), torch.randn(len(bench.candidates), 6, generator=gen)
-
-
-def pessimistic_ranks(row: torch.Tensor, members: list[int], relevant: list[int]) -> list[int]:
-    out = []
-    for pos, j in enumerate(relevant):
-        ahead = sum(1 for m in members if m not in relevant and row[m] >= row[j])
-        ahead += sum(1 for p, r in enumerate(relevant) if row[r] > row[j] or (row[r] == row[j] and p < pos))
-        out.append(ahead + 1)
-    return out
 
 
 def test_rows_equal_a_naive_per_query_computation_and_average_to_the_metrics(tmp_path: Path) -> None:
