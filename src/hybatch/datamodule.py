@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from hybatch.atomic import atomic_write_text
 from hybatch.collate import PairCollator
 from hybatch.data.corpus import CorpusError, ParallelCorpus
 from hybatch.data.training_data import TrainingData
@@ -219,9 +219,8 @@ class RetrievalDataModule(pl.LightningDataModule):
         if plan is not None:
             plan.write(output_dir / "val_batches.json", self.data.val)
         if self.data.split is not None:
-            tmp = output_dir / f".split.json.{os.getpid()}.tmp"  # every rank writes the same file
-            tmp.write_text(json.dumps(self.data.split, indent=1, ensure_ascii=False) + "\n")
-            tmp.replace(output_dir / "split.json")
+            # Every rank writes the same file; atomic_write_text's temporary names are unique.
+            atomic_write_text(output_dir / "split.json", json.dumps(self.data.split, indent=1, ensure_ascii=False) + "\n")
 
     def make_sampler(self, split: str, world_size: int = 1, rank: int = 0, batch_size: int | None = None) -> ParallelBatchSampler:
         """The configured sampler over one split (also used by `hybatch.describe_batches`)."""

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Sampler
 
+from hybatch.atomic import atomic_write_text
 from hybatch.data.corpus import CorpusError, ParallelCorpus
 from hybatch.samplers import BatchItem, PlannedBatch
 
@@ -106,9 +106,7 @@ class HeldOutPlan:
     def write(self, path: str | Path, corpus: ParallelCorpus) -> None:
         """Write the plan as JSON, atomically (every rank of a run may write the same file)."""
         path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.to_json(corpus), indent=1) + "\n")
-        tmp.replace(path)
+        atomic_write_text(path, json.dumps(self.to_json(corpus), indent=1) + "\n")
 
 
 def _cut(ids: np.ndarray, global_batch: int, world_size: int) -> tuple[list[np.ndarray], int]:

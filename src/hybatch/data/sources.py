@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from hybatch.atomic import atomic_open
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +45,12 @@ def download(url: str, dest: Path, sha256: str | None = None) -> Path:
     verified: an interrupted or mismatching download never lands in the cache.
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
+    # Raising inside atomic_open discards the temporary file: dest appears only complete and verified.
+    with atomic_open(dest, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
         digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-            while block := response.read(_BLOCK):
-                digest.update(block)
-                out.write(block)
+        while block := response.read(_BLOCK):
+            digest.update(block)
+            out.write(block)
         actual = digest.hexdigest()
         if sha256 is None:
             log.warning("%s has no recorded sha256 and is not verified; its sha256 is %s", url, actual)
@@ -59,10 +59,6 @@ def download(url: str, dest: Path, sha256: str | None = None) -> Path:
                 f"{url}: sha256 is {actual}, expected {sha256}. The download was discarded; the file at that "
                 "URL is not the pinned one, or the transfer was corrupted"
             )
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return dest
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from hybatch.atomic import atomic_open
 from hybatch.data.lareqa import CANDIDATE_TEXTS, SOURCES, LareqaBenchmark, load_lareqa_benchmark
 from hybatch.retrieval.index import TextEncoder
 from hybatch.retrieval.metrics import RankingMetrics, ranking_metrics_from_embeddings
@@ -93,13 +94,11 @@ def per_query_rows(bench: LareqaBenchmark, res: RankingMetrics) -> Iterator[dict
 
 
 def write_per_query(path: str | os.PathLike, bench: LareqaBenchmark, res: RankingMetrics) -> Path:
-    """`per_query_rows` as JSON lines, written to a temporary file and renamed."""
+    """`per_query_rows` as JSON lines, written atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
+    with atomic_open(path) as f:
         f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in per_query_rows(bench, res))
-    tmp.replace(path)
     log.info("per-query results of %s: %s", bench.name, path)
     return path
 
