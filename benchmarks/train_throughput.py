@@ -18,10 +18,14 @@ report otherwise, that both optimisers hold the same number of parameters in the
 both fused, and that hybatch's collator saw exactly the texts given to sentence-transformers, in order.
 
     python benchmarks/train_throughput.py [XQUAD_R_DIR] [--batch-size 32] [--steps 20] [--rounds 2]
-        [--trainable both|full|frozen-embeddings]
+        [--trainable both|full|frozen-embeddings] [--length-groups 4]
 
-Each round runs both, hybatch first in odd rounds and second in even ones; on a machine shared with
-other jobs, take several rounds and compare within a round. sentence-transformers' trainer needs
+hybatch runs twice per round: as it trains by default (each batch embedded in one pass, padded to its
+longest text, as sentence-transformers does) and with `module.length_groups=N` (`--length-groups`,
+default 4: each batch embedded in N passes over texts of similar length, each padded to its own
+longest; same pairs, loss and parameters, less compute spent on padding). Each round runs every side,
+the first side rotating from round to round; on a machine shared with other jobs, take several rounds
+and compare within a round. sentence-transformers' trainer needs
 `datasets` and `accelerate`: `pip install -e ".[bench]"`.
 """
 
@@ -38,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
@@ -54,6 +59,7 @@ TEMPERATURE = 0.05
 
 
 CASES = {"full": False, "frozen-embeddings": True}  # case -> embedding matrix frozen
+ST = "sentence-transformers"
 
 
 class UnequalWork(RuntimeError):
@@ -103,8 +109,9 @@ class StepTimer(pl.Callback):
         self.end = time.perf_counter()
 
 
-def compose_run(args: argparse.Namespace, output_dir: str, frozen: bool) -> Any:
+def compose_run(args: argparse.Namespace, output_dir: str, frozen: bool, length_groups: int) -> Any:
     overrides = [
+        f"module.length_groups={length_groups}",
         f"model.freeze_embeddings={str(frozen).lower()}",
         "model=me5_small_bundled", f"model.query_max_length={args.max_length}",
         f"model.passage_max_length={args.max_length}", f"data.data_dir={args.data_dir}",
@@ -158,6 +165,21 @@ def planned_pairs(cfg: Any, args: argparse.Namespace) -> dict[str, list[str]]:
             queries.append(cfg.model.query_prefix + row["query"])
             passages.append(cfg.model.passage_prefix + row["positive"])
     return {"anchor": queries, "positive": passages}
+
+
+def padded_tokens(tokenizer: Any, pairs: dict[str, list[str]], args: argparse.Namespace, groups: int) -> tuple[int, int]:
+    """(tokens of the timed batches' texts, tokens embedded once padded): each batch's queries and its
+    passages padded to their longest, or in `groups` length groups each padded to its own longest."""
+    real = padded = 0
+    start = args.warmup_steps * args.batch_size
+    for texts in pairs.values():
+        lengths = [len(ids) for ids in tokenizer(texts[start:], truncation=True, max_length=args.max_length)["input_ids"]]
+        for b in range(0, len(lengths), args.batch_size):
+            batch = sorted(lengths[b : b + args.batch_size], reverse=True)
+            real += sum(batch)
+            # The split of `embed_length_grouped` (torch.tensor_split: sizes differ by at most one).
+            padded += sum(len(part) * int(part[0]) for part in np.array_split(batch, min(groups, len(batch))))
+    return real, padded
 
 
 def sentence_transformers_run(
@@ -258,6 +280,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-5)
     parser.add_argument("--trainable", choices=["both", *CASES], default="both",
                         help="full model, embedding matrix frozen on both sides, or both cases")
+    parser.add_argument("--length-groups", type=int, default=4,
+                        help="also time hybatch with module.length_groups=N (1: only the one-pass side)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--cache-dir", default=os.environ.get("HYBATCH_CACHE", str(Path.home() / ".cache" / "hybatch")))
     args = parser.parse_args()
@@ -266,29 +290,33 @@ def main() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
 
     cases = list(CASES) if args.trainable == "both" else [args.trainable]
-    results: dict[str, list[tuple[float, float]]] = {}
+    ours_sides = {"hybatch": 1} | ({f"hybatch, {args.length_groups} length groups": args.length_groups} if args.length_groups > 1 else {})
+    sides = [*ours_sides, ST]
+    results: dict[str, list[dict[str, float]]] = {}
     params: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for case in cases:
             frozen = CASES[case]
-            cfg = compose_run(args, tmp, frozen)
+            configs = {side: compose_run(args, tmp, frozen, groups) for side, groups in ours_sides.items()}
+            cfg = configs["hybatch"]
             pairs = planned_pairs(cfg, args)
             prefixes = (cfg.model.query_prefix, cfg.model.passage_prefix)
             n_pairs = args.steps * args.batch_size
             results[case] = []
             for r in range(args.rounds):
-                # Alternate which side goes first: a change in the machine's load then favours neither.
-                if r % 2 == 0:
-                    ours_s, ours, seen = hybatch_run(cfg, args)
-                    theirs_s, theirs, seen_st = sentence_transformers_run(cfg, args, pairs, tmp, frozen)
-                else:
-                    theirs_s, theirs, seen_st = sentence_transformers_run(cfg, args, pairs, tmp, frozen)
-                    ours_s, ours, seen = hybatch_run(cfg, args)
-                check_equal_work(ours, theirs, seen, seen_st, pairs, prefixes)
-                params[case] = (ours, theirs)
-                results[case].append((n_pairs / ours_s, n_pairs / theirs_s))
-                print(f"{case}, round {r + 1}: hybatch {n_pairs / ours_s:.2f} pairs/s, "
-                      f"sentence-transformers {n_pairs / theirs_s:.2f} pairs/s")
+                # Rotate which side goes first: a change in the machine's load then favours none.
+                order = sides[r % len(sides):] + sides[: r % len(sides)]
+                seconds, summaries, seen = {}, {}, {}
+                for side in order:
+                    if side == ST:
+                        seconds[side], summaries[side], seen[side] = sentence_transformers_run(cfg, args, pairs, tmp, frozen)
+                    else:
+                        seconds[side], summaries[side], seen[side] = hybatch_run(configs[side], args)
+                for side in ours_sides:
+                    check_equal_work(summaries[side], summaries[ST], seen[side], seen[ST], pairs, prefixes)
+                params[case] = (summaries["hybatch"], summaries[ST])
+                results[case].append({side: n_pairs / seconds[side] for side in sides})
+                print(f"{case}, round {r + 1}: " + ", ".join(f"{side} {n_pairs / seconds[side]:.2f} pairs/s" for side in sides))
 
     console = Console(width=160)  # wide enough for every column, on a terminal or in a log file
     work = Table(title="Equal work: what each side's optimiser trains (checked identical before any ratio)")
@@ -303,13 +331,21 @@ def main() -> None:
         title=f"Training throughput, pairs/s (batch {args.batch_size}, max length {args.max_length}, fp32, "
         f"{args.steps} timed steps after {args.warmup_steps}, {torch.get_num_threads()} torch threads)"
     )
-    for column in ("case", "round", "hybatch", "sentence-transformers", "ratio"):
+    for column in ("case", "round", *sides, *(f"ratio {side} / ST" for side in ours_sides)):
         table.add_column(column, justify="right")
     for case, rounds in results.items():
-        for r, (ours, theirs) in enumerate(rounds, 1):
-            table.add_row(case, str(r), f"{ours:.2f}", f"{theirs:.2f}", f"{ours / theirs:.3f}")
-        table.add_row(case, "median", "", "", f"{statistics.median(o / t for o, t in rounds):.3f}")
+        for r, row in enumerate(rounds, 1):
+            table.add_row(case, str(r), *(f"{row[side]:.2f}" for side in sides), *(f"{row[side] / row[ST]:.3f}" for side in ours_sides))
+        medians = (f"{statistics.median(row[side] / row[ST] for row in rounds):.3f}" for side in ours_sides)
+        table.add_row(case, "median", *("" for _ in sides), *medians)
     console.print(table)
+    tokenizer = instantiate(cfg.model).tokenizer
+    real, one_pass = padded_tokens(tokenizer, pairs, args, 1)
+    line = f"timed batches of the last case: {real:,} text tokens, {one_pass:,} embedded in one pass per batch"
+    if args.length_groups > 1:
+        _, grouped = padded_tokens(tokenizer, pairs, args, args.length_groups)
+        line += f", {grouped:,} in {args.length_groups} length groups ({grouped / one_pass:.3f} of one pass)"
+    print(line)
     print(f"versions: torch {torch.__version__}, sentence-transformers {version('sentence-transformers')}, "
           f"transformers {version('transformers')}, datasets {version('datasets')}, accelerate {version('accelerate')}; "
           f"{time.strftime('%Y-%m-%d')}, load average {os.getloadavg()[0]:.1f}")

@@ -173,10 +173,8 @@ COMMANDS: dict[str, Run | Skip] = {
     "python train.py trainer=fsdp model=qwen3_embedding_8b data.batch_size=16": Skip(f"needs GPUs (FSDP); {HUB}"),
     "python train.py trainer=fsdp model=xlmr_xxl trainer.num_nodes=2 hydra/launcher=submitit_slurm -m": Skip(SLURM),
     'pip install -e ".[bench]"': Skip("installs the bench extras from PyPI"),
-    "HYBATCH_CACHE=/tmp/hbc python benchmarks/train_throughput.py --batch-size 32 --steps 10 --warmup-steps 2 "
-    "--rounds 4": Skip("a benchmark: minutes of CPU, and the bench extras"),
-    "HYBATCH_CACHE=/tmp/hbc python benchmarks/train_throughput.py --batch-size 32 --steps 10 --warmup-steps 2 "
-    "--rounds 2 --threads 1": Skip("a benchmark: minutes of CPU, and the bench extras"),
+    "HYBATCH_CACHE=/tmp/hbc python benchmarks/train_throughput.py --batch-size 32 --steps 5 --warmup-steps 1 "
+    "--rounds 2": Skip("a benchmark: minutes of CPU, and the bench extras"),
     "HYBATCH_CACHE=/tmp/hbc python benchmarks/memory.py --batch-sizes 8 16 32 64 128 256": Skip(
         "a benchmark: a fresh process per point, up to 12 GB"
     ),
@@ -188,8 +186,20 @@ COMMANDS: dict[str, Run | Skip] = {
         "tests/test_gpu_check.py runs the smoke mode"
     ),
     # docs/results.md
-    "python train.py -m experiment=sampler_comparison data.data_dir=../shared/data/xquad-r": Skip(
-        "with the test's overrides the same run as README's `python train.py -m experiment=sampler_comparison`"
+    "python train.py -m experiment=sampler_comparison_cv data.data_dir=../shared/data/xquad-r": Skip(
+        "with the test's overrides the same run as README's `python train.py -m experiment=sampler_comparison_cv`"
+    ),
+    "python -m hybatch.report <the multirun folder>": Skip(
+        "README's `python -m hybatch.report multirun/sampler_comparison/<time>` runs the report on a real sweep; "
+        "tests/test_report_uncertainty.py covers the fold pooling"
+    ),
+    "python evaluate.py +experiment=low_resource benchmark.benchmarks.mteb.max_sentences=300": Skip(
+        "NTREX mining in 35 languages with the bundled model: ~5 min of CPU; tests/test_mteb.py evaluates NTREX files"
+    ),
+    "python evaluate.py +experiment=low_resource benchmark.benchmarks.mteb.max_sentences=300 "
+    "model.name_or_path=<training run>/model": Skip("the same, on a trained model's folder"),
+    "python -m hybatch.report.low_resource <folder of the evaluation runs>": Skip(
+        "tests/test_mteb.py::test_low_resource_report runs the report on evaluation runs"
     ),
     "python train.py seed=1 interpolation=wise_ft data.data_dir=../shared/data/xquad-r": Skip(
         "with the test's overrides the same run as README's `python train.py interpolation=wise_ft`"

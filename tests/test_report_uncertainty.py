@@ -150,7 +150,22 @@ def test_a_bad_line_names_the_file_and_line(tmp_path) -> None:
         U.read_per_query(path)
 
 
+def zero_shot_runs() -> list[U.RunRows]:
+    """The untrained backbone: one run per fold, no seed, truly 0.2 below hybrid."""
+    return [U.RunRows(f"zs/fold{r.fold}", r.fold, r.folds, None, r.rows, r.all_articles) for r in sampler_runs("zs", -0.2, noise_seed=3)]
+
+
+def test_every_trained_sampler_is_compared_with_zero_shot_on_all_its_seeds() -> None:
+    groups = {("m", "hybrid"): sampler_runs("hybrid", 0.0, noise_seed=1, seeds=(1, 2)), ("m", U.ZERO_SHOT): zero_shot_runs()}
+    results, comparisons = U.analyse(groups, resamples=2000, seed=0)
+    assert {r.sampler: r.pooled.runs for r in results} == {"hybrid": 6, U.ZERO_SHOT: 3}
+    mono = next(c for c in comparisons if c.metric == "mono/mAP")
+    assert (mono.a, mono.b, mono.seeds, mono.note) == ("hybrid", U.ZERO_SHOT, (1, 2), "")
+    assert mono.diff.value == pytest.approx(0.2, abs=0.03) and mono.diff.low > 0
+
+
 def test_the_sweep_report_writes_intervals_table_csv_and_plot(tmp_path) -> None:
+    zero_shot = {r.fold: r.rows for r in zero_shot_runs()}
     for (model, sampler), runs in three_samplers().items():
         for run in runs:
             d = tmp_path / run.name
@@ -162,8 +177,12 @@ def test_the_sweep_report_writes_intervals_table_csv_and_plot(tmp_path) -> None:
             (d / "metrics.json").write_text(json.dumps({"test/mono/mAP": 0.5}))
             (d / "split.json").write_text(json.dumps({"test": fold_articles(run.fold), "train": [a for a in ARTICLES if a not in fold_articles(run.fold)], "val": []}))
             (d / "per_query.jsonl").write_text("".join(json.dumps(row) + "\n" for row in run.rows))
+            (d / "baseline_per_query.jsonl").write_text("".join(json.dumps(row) + "\n" for row in zero_shot[run.fold]))
     markdown = write_report(tmp_path, resamples=500)
     assert "95% confidence intervals" in markdown and "| xquad_r_test | m | hybrid | 3 | 3 | 1 | 144 | 12 |" in markdown
+    # The baseline rows: one run per fold (the three samplers' copies are the same backbone), no seed.
+    assert "| xquad_r_test | m | zero-shot | 3 | 3 | None | 144 | 12 |" in markdown
+    assert "| xquad_r_test | m | hybrid − zero-shot | mono mAP |" in markdown and "| xquad_r_test | m | mono − zero-shot |" in markdown
     assert (tmp_path / "uncertainty.png").stat().st_size > 0
     csv_text = (tmp_path / "uncertainty.csv").read_text()
     assert "hybrid - mono" in csv_text and "p_value" in csv_text

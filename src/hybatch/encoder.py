@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -226,6 +226,33 @@ class DualEncoder(nn.Module):
         """
         towers = {"query": self.backbone, "passage": self.passage_backbone} if self.separate_towers else {"": self.backbone}
         return st_folder.save_export(self, Path(path), {name: _exportable(t) for name, t in towers.items()})
+
+def embed_length_grouped(
+    embed: Callable[[dict[str, Tensor], Role], Tensor], features: dict[str, Tensor], role: Role, groups: int
+) -> Tensor:
+    """`embed(features, role)` in `groups` forward passes over the rows sorted by length, each padded
+    only to its own longest text; rows come back in their order.
+
+    A batch padded to its longest text spends most of a short text's compute on padding; grouping by
+    length removes most of it (`groups=1` only cuts columns no row uses, e.g. in a chunk of a batch).
+    The embeddings are those of one pass (padding is masked in attention and pooling) but dropout
+    draws its masks per pass. Left-padded batches (some row not starting at column 0) are embedded as
+    they are: cutting their columns would shift position ids.
+    """
+    if groups < 1:
+        raise ValueError(f"length groups must be >= 1, got {groups}")
+    mask = features["attention_mask"]
+    rows = mask.shape[0]
+    if rows == 0 or not bool(mask[:, 0].all()):
+        return embed(features, role)
+    lengths = mask.sum(1)
+    order = torch.argsort(lengths, descending=True, stable=True)
+    parts = []
+    for idx in order.tensor_split(min(groups, rows)):
+        width = int(lengths[idx[0]])
+        parts.append(embed({k: v[idx, :width] if v.dim() == 2 else v[idx] for k, v in features.items()}, role))
+    return torch.cat(parts)[torch.argsort(order)]
+
 
 def _enable_checkpointing(tower: nn.Module) -> None:
     """Recompute each layer's activations in backward. Non-reentrant: works with frozen inputs

@@ -19,7 +19,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from hybatch.checkpoints import BACKBONE_KEY, MODEL_CONFIG_KEY, check_same_backbone
 from hybatch.collate import ROLE_KEY, concat_features, tag_role
-from hybatch.encoder import DualEncoder
+from hybatch.encoder import DualEncoder, Role, embed_length_grouped
 from hybatch.loss import ContrastiveLoss, ContrastiveOutput, cached_contrastive_backward
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,9 @@ class DualEncoderModule(pl.LightningModule):
     `warmup` is a fraction of the training steps (< 1) or a number of steps. With
     `grad_cache_chunk_size`, the batch is embedded in chunks of that size and the loss gradient
     cached (Gao et al. 2021), so the batch size is independent of accelerator memory; this uses
-    manual optimisation and composes with `gather_negatives` under DDP. `on_nonfinite_loss`: "raise"
+    manual optimisation and composes with `gather_negatives` under DDP. `length_groups`: embed each
+    batch (or chunk) in that many passes over texts of similar length, each padded only to its own
+    longest (`hybatch.encoder.embed_length_grouped`): less compute spent on padding. `on_nonfinite_loss`: "raise"
     stops the run before a NaN reaches the weights; "skip" drops the step (with several devices only
     together with the cached loss: Lightning cannot skip an automatic-optimisation step under DDP).
     `max_grad_norm` clips the global gradient norm after AMP unscaling (FSDP: the sharded norm).
@@ -50,6 +52,7 @@ class DualEncoderModule(pl.LightningModule):
         warmup: float = 0.1,
         gather_negatives: bool = True,
         grad_cache_chunk_size: int | None = None,
+        length_groups: int = 1,
         eval_batch_size: int = 64,
         on_nonfinite_loss: str = "raise",
         max_grad_norm: float | None = None,
@@ -58,6 +61,8 @@ class DualEncoderModule(pl.LightningModule):
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"module.temperature={temperature}: expected > 0")
+        if length_groups < 1:
+            raise ValueError(f"module.length_groups={length_groups}: expected an integer >= 1")
         if on_nonfinite_loss not in ("raise", "skip"):
             raise ValueError(f"module.on_nonfinite_loss={on_nonfinite_loss!r}: expected 'raise' or 'skip'")
         self.save_hyperparameters(ignore=["encoder", "model_config"])
@@ -102,16 +107,19 @@ class DualEncoderModule(pl.LightningModule):
             )
 
     # --- training -----------------------------------------------------------------------------
+    def _embed_texts(self, features: dict[str, Tensor], role: Role) -> Tensor:
+        return embed_length_grouped(self.encoder, features, role, self.hparams.length_groups)
+
     def _embed(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor | None]:
-        q = self.encoder(batch["query"], "query")
-        p = self.encoder(batch["passage"], "passage")
-        n = self.encoder(batch["negatives"], "passage") if "negatives" in batch else None
+        q = self._embed_texts(batch["query"], "query")
+        p = self._embed_texts(batch["passage"], "passage")
+        n = self._embed_texts(batch["negatives"], "passage") if "negatives" in batch else None
         return q, p, n
 
     def _embed_role_tagged(self, features: dict[str, Tensor]) -> Tensor:
         """Embed a chunk of gradient-cached inputs with the tower its `tag_role` tag names."""
         role = "query" if int(features[ROLE_KEY][0]) == 0 else "passage"
-        return self.encoder(features, role)
+        return self._embed_texts(features, role)
 
     def _check_finite(self, out: ContrastiveOutput, batch: dict[str, Any]) -> bool:
         if torch.isfinite(out.loss).all():

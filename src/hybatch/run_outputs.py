@@ -1,5 +1,6 @@
 """What a run leaves in its directory: the resolved config, package versions and git commit
-(`config.yaml`, `run_info.json`), its results (`metrics.json`), and the metric a sweeper optimises."""
+(`config.yaml`, `run_info.json`), its results (`metrics.json`; per query: `per_query.jsonl`, and
+`baseline_per_query.jsonl` for the untrained backbone), and the metric a sweeper optimises."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from hybatch.atomic import atomic_write_text
+
+PER_QUERY = "per_query.jsonl"
+BASELINE_PER_QUERY = "baseline_per_query.jsonl"
 
 PACKAGES = (
     "hybatch", "torch", "lightning", "transformers", "tokenizers", "sentence-transformers",

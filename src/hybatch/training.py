@@ -31,7 +31,7 @@ from hybatch.interpolation import interpolate_after_fit, interpolation_config
 from hybatch.loggers import finish_loggers, log_results
 from hybatch.module import DualEncoderModule
 from hybatch.report.lareqa import lareqa_table, report_lareqa
-from hybatch.run_outputs import optimized_metric, write_metrics, write_run_info
+from hybatch.run_outputs import BASELINE_PER_QUERY, PER_QUERY, optimized_metric, write_metrics, write_run_info
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def _fit_test_export(cfg: DictConfig) -> dict[str, float]:
     datamodule, encoder, module, ckpt_path = build_checked(cfg, output_dir)
     exact_resume = ExactResume()
     lareqa = LareqaEvaluation(
-        datamodule.val_benchmark, datamodule.test_benchmark, cfg.module.eval_batch_size, output_dir / "per_query.jsonl"
+        datamodule.val_benchmark, datamodule.test_benchmark, cfg.module.eval_batch_size, output_dir / PER_QUERY
     )
     callbacks = [*instantiate_dict(cfg.get("callbacks")), exact_resume, lareqa, *step_checkpoints(cfg, output_dir)]
 
@@ -139,7 +139,7 @@ def _fit_test_export(cfg: DictConfig) -> dict[str, float]:
         metrics.update(scalar_metrics(trainer))
         metrics.update(lareqa.test_metrics)
     if cfg.get("baseline") and datamodule.test_benchmark is not None and trainer.is_global_zero:
-        metrics.update(baseline_metrics(cfg, datamodule.test_benchmark))
+        metrics.update(baseline_metrics(cfg, datamodule.test_benchmark, output_dir / BASELINE_PER_QUERY))
     if trainer.is_global_zero:
         write_outputs(cfg, encoder, metrics, datamodule.test_benchmark, output_dir, loggers)
     finish_loggers(loggers)
@@ -174,13 +174,16 @@ def write_outputs(
         report_test_split(metrics, test_benchmark.languages, output_dir, loggers)
 
 
-def baseline_metrics(cfg: DictConfig, benchmark: Any) -> dict[str, float]:
-    """The configured backbone, untrained, on the same test benchmark: what training bought."""
+def baseline_metrics(cfg: DictConfig, benchmark: Any, per_query_path: Path | None = None) -> dict[str, float]:
+    """The configured backbone, untrained, on the same test benchmark: what training bought (with
+    `per_query_path`, its per-query rows too, so the report can put intervals on it)."""
     from hybatch.evaluation.lareqa import evaluate_lareqa
 
     log.info("evaluating the untrained backbone on the test split (baseline)")
     fresh = instantiate(cfg.model)
-    metrics = evaluate_lareqa(benchmark, fresh, batch_size=cfg.module.eval_batch_size, progress=True)
+    metrics = evaluate_lareqa(
+        benchmark, fresh, batch_size=cfg.module.eval_batch_size, progress=True, per_query_path=per_query_path
+    )
     return {f"baseline/test/{k}": v for k, v in metrics.items()}
 
 

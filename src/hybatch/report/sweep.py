@@ -5,7 +5,9 @@ columns are mono / cross / multi mAP, recall and language bias for every benchma
 runs' metrics.json. Training runs also contribute a "zero-shot" row from their baseline metrics.
 Writes `report.md`, `report.csv` and `report.png` (grouped bars) into the sweep dir. Runs with
 `per_query.jsonl` also get 95% intervals and paired differences, their folds pooled
-(`hybatch.report.uncertainty`): `uncertainty.md`, `uncertainty.csv` and `uncertainty.png`.
+(`hybatch.report.uncertainty`): `uncertainty.md`, `uncertainty.csv` and `uncertainty.png`; their
+`baseline_per_query.jsonl` (the untrained backbone on the same test split) gives the zero-shot row
+and each sampler's difference from it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from hybatch.report import uncertainty
+from hybatch.run_outputs import BASELINE_PER_QUERY, PER_QUERY
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +66,10 @@ def _sampler_label(sampler: str, alpha: float | None, alphas: set[float | None])
 
 
 def collect_per_query(sweep_dir: Path) -> dict[tuple[str, str], list[uncertainty.RunRows]]:
-    """Every run's per_query.jsonl under `sweep_dir` with its fold and seed, grouped by (model, sampler)."""
-    files = sorted(sweep_dir.rglob("per_query.jsonl"))
+    """Every run's per_query.jsonl under `sweep_dir` with its fold and seed, grouped by (model, sampler),
+    and the zero-shot group from the runs' baseline_per_query.jsonl: one per (model, fold), since the
+    untrained backbone's rows do not depend on the sampler or the training seed."""
+    files = sorted(sweep_dir.rglob(PER_QUERY))
     runs = []
     for path in files:
         # A training run writes <run>/per_query.jsonl, evaluate.py <run>/<benchmark>/per_query.jsonl.
@@ -74,19 +79,37 @@ def collect_per_query(sweep_dir: Path) -> dict[tuple[str, str], list[uncertainty
             continue
         model, sampler, alpha, seed = _run_identity(run_dir)
         cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-        split_file = run_dir / "split.json"
-        articles = None
-        if split_file.is_file():
-            articles = frozenset(t for titles in json.loads(split_file.read_text()).values() for t in titles)
+        articles = _split_articles(run_dir)
         fold = OmegaConf.select(cfg, "data.source.split.fold", default=None)
         folds = OmegaConf.select(cfg, "data.source.split.folds", default=None)
         name = str(run_dir.relative_to(sweep_dir))
         runs.append((model, sampler, alpha, uncertainty.RunRows(name, fold, folds, seed, uncertainty.read_per_query(path), articles)))
     alphas = {alpha for _, sampler, alpha, _ in runs if sampler == "hybrid"}
     groups: dict[tuple[str, str], list[uncertainty.RunRows]] = defaultdict(list)
+    for run_dir in sorted(p.parent for p in sweep_dir.rglob(BASELINE_PER_QUERY)):
+        if not (run_dir / ".hydra").is_dir():
+            log.warning("%s: no .hydra/ beside it; left out of the intervals", run_dir / BASELINE_PER_QUERY)
+            continue
+        model = _run_identity(run_dir)[0]
+        cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+        fold = OmegaConf.select(cfg, "data.source.split.fold", default=None)
+        if any(r.fold == fold for r in groups[model, uncertainty.ZERO_SHOT]):
+            continue
+        folds = OmegaConf.select(cfg, "data.source.split.folds", default=None)
+        rows = uncertainty.read_per_query(run_dir / BASELINE_PER_QUERY)
+        name = f"{run_dir.relative_to(sweep_dir)} (baseline)"
+        groups[model, uncertainty.ZERO_SHOT].append(uncertainty.RunRows(name, fold, folds, None, rows, _split_articles(run_dir)))
     for model, sampler, alpha, run in runs:
         groups[model, _sampler_label(sampler, alpha, alphas)].append(run)
     return dict(groups)
+
+
+def _split_articles(run_dir: Path) -> frozenset[str] | None:
+    """Every article of the run's data (train, val and test of split.json), when it wrote one."""
+    split_file = run_dir / "split.json"
+    if not split_file.is_file():
+        return None
+    return frozenset(t for titles in json.loads(split_file.read_text()).values() for t in titles)
 
 
 def write_uncertainty(sweep_dir: Path, resamples: int = 10_000, seed: int = 0) -> str:

@@ -41,6 +41,8 @@ METRICS: dict[str, tuple[str, str, bool]] = {
 }
 LABELS = {"mono/mAP": "mono mAP", "cross/mAP": "cross mAP", "multi/mAP": "multi mAP", "multi/lang_bias": "lang bias"}
 NO_DIFFERENCE = "no difference measured"
+# The untrained backbone's rows (training runs' baseline_per_query.jsonl): one run per fold, no seed.
+ZERO_SHOT = "zero-shot"
 
 
 class FoldCoverageError(ValueError):
@@ -315,8 +317,9 @@ def analyse(
     groups: Mapping[tuple[str, str], Sequence[RunRows]], resamples: int = 10_000, seed: int = 0,
 ) -> tuple[list[SamplerResult], list[Comparison]]:
     """Per (model, sampler) group: pooled metrics with intervals; per model: every hybrid sampler
-    against mono and against cross, paired on the seeds both have. A group whose runs do not cover
-    the folds gets its error message instead of numbers."""
+    against mono and against cross, paired on the seeds both have, and every trained sampler against
+    the zero-shot backbone (`ZERO_SHOT` group, when present). A group whose runs do not cover the folds
+    gets its error message instead of numbers."""
     results = []
     for (model, sampler), runs in groups.items():
         try:
@@ -337,6 +340,9 @@ def analyse(
             for b in ("mono", "cross"):
                 if b in samplers:
                     comparisons.extend(_compare(model, a, b, groups[model, a], groups[model, b], resamples, seed))
+        if ZERO_SHOT in samplers:
+            for a in (s for s in samplers if s != ZERO_SHOT):
+                comparisons.extend(_compare(model, a, ZERO_SHOT, groups[model, a], groups[model, ZERO_SHOT], resamples, seed))
     return results, comparisons
 
 
@@ -344,12 +350,13 @@ def _compare(
     model: str, a: str, b: str, runs_a: Sequence[RunRows], runs_b: Sequence[RunRows], resamples: int, seed: int
 ) -> list[Comparison]:
     seeds_a, seeds_b = {r.seed for r in runs_a}, {r.seed for r in runs_b}
-    common = tuple(sorted(seeds_a & seeds_b, key=str))
-    note = "" if seeds_a == seeds_b else f"paired on the seeds both have: {list(common)}"
+    # The untrained backbone has no training seed: every seed of `a` is paired with its one set of rows.
+    common = tuple(sorted(seeds_a if b == ZERO_SHOT else seeds_a & seeds_b, key=str))
+    note = "" if seeds_a == seeds_b or b == ZERO_SHOT else f"paired on the seeds both have: {list(common)}"
     try:
         if not common:
             raise FoldCoverageError(f"no seed in common ({sorted(map(str, seeds_a))} vs {sorted(map(str, seeds_b))})")
-        pa, pb = pool_runs(runs_a, common), pool_runs(runs_b, common)
+        pa, pb = pool_runs(runs_a, common), pool_runs(runs_b, None if b == ZERO_SHOT else common)
         if pa.values.keys() != pb.values.keys():
             raise FoldCoverageError("the two samplers' runs tested different questions")
     except FoldCoverageError as e:
