@@ -228,5 +228,28 @@ def test_low_resource_report(tmp_path):
     assert rows["swa_Latn"] == "| swa_Latn | low-resource | 0.400 | -0.100 ± 0.141 | +0.050 |"
     assert "| ell_Grek | unseen | 0.700 | +0.000 ± 0.000 | +0.000 |" in markdown
     assert markdown.splitlines()[0] == "| language | group | zero-shot f1 | mono Δ | hybrid Δ |"
+    # One language per group here: means without intervals; the paired difference hybrid − mono per group.
+    assert "| swa_Latn | low-resource | 0.400 | -0.100 ± 0.141 | +0.050 |" in markdown
+    assert "| low-resource | hybrid − mono | 1 | +0.150 | – | one language: no interval |" in markdown
     for suffix in ("md", "csv", "png"):
         assert (tmp_path / "report" / f"low_resource.{suffix}").stat().st_size > 0
+
+
+def test_low_resource_intervals_over_languages():
+    from hybatch.report.low_resource import mean_interval, to_markdown
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(12):
+        mono = float(rng.normal(-0.04, 0.02))
+        rows.append({"language": f"l{i}_Latn", "group": "low-resource", "zero-shot": 0.8, "mono": mono,
+                     "hybrid": mono + 0.03 + float(rng.normal(0, 0.005)), "cross": mono})
+    mean = {"language": "mean (12)", "group": "low-resource", "zero-shot": 0.8}
+    for s in ("mono", "cross", "hybrid"):
+        mean[s] = float(np.mean([r[s] for r in rows]))
+        mean[f"{s} ci"] = mean_interval([r[s] for r in rows])
+    markdown = to_markdown(["mono", "cross", "hybrid"], [*rows, mean], "f1")
+    low, high = mean["mono ci"]
+    assert low < mean["mono"] < high < 0
+    assert "| low-resource | hybrid − mono | 12 |" in markdown and "hybrid higher |" in markdown
+    assert "| low-resource | cross − mono | 12 | +0.000 | [+0.000, +0.000] | no difference measured |" in markdown

@@ -227,6 +227,7 @@ class DualEncoder(nn.Module):
         towers = {"query": self.backbone, "passage": self.passage_backbone} if self.separate_towers else {"": self.backbone}
         return st_folder.save_export(self, Path(path), {name: _exportable(t) for name, t in towers.items()})
 
+
 def embed_length_grouped(
     embed: Callable[[dict[str, Tensor], Role], Tensor], features: dict[str, Tensor], role: Role, groups: int
 ) -> Tensor:
@@ -246,6 +247,11 @@ def embed_length_grouped(
     if rows == 0 or not bool(mask[:, 0].all()):
         return embed(features, role)
     lengths = mask.sum(1)
+    if groups == 1:
+        # Rows keep their order: for a collator batch (already padded to its longest) this is exactly
+        # `embed(features, role)`, dropout draws included.
+        width = int(lengths.max())
+        return embed({k: v[:, :width] if v.dim() == 2 else v for k, v in features.items()}, role)
     order = torch.argsort(lengths, descending=True, stable=True)
     parts = []
     for idx in order.tensor_split(min(groups, rows)):

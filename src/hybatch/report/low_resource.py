@@ -6,7 +6,10 @@ model exported by a training run (`model.name_or_path=<train run>/model` or `ckp
 checkpoints/...`): its sampler and seed come from that training run's `.hydra`; any other run is the
 zero-shot backbone. A language's score is the mean of its two directions (to and from English).
 Languages are grouped as trained on (the training runs' `data.languages`), unseen high-resource, and
-the 25 low-resource languages. Writes `low_resource.md`, `.csv` and `.png` into `--out`.
+the 25 low-resource languages. Each group's mean change carries a 95% interval from a bootstrap over
+the group's languages (the sentences are fixed: it says how much the mean depends on which languages
+were chosen), and so does each difference between two samplers (paired by language). Writes
+`low_resource.md`, `.csv` and `.png` into `--out`.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 from omegaconf import OmegaConf
 
 from hybatch.data.ntrex import FROM_ISO639_1, LOW_RESOURCE_LANGUAGES
@@ -128,8 +132,37 @@ def table(groups: dict[str, list[dict[str, float]]], trained: set[str]) -> tuple
         mean_row: dict[str, object] = {"language": f"mean ({len(columns)})", "group": group}
         for key in [ZERO_SHOT, *samplers]:
             mean_row[key] = statistics.fmean(float(r[key]) for r in group_rows)  # type: ignore[arg-type]
+        for sampler in samplers:
+            mean_row[f"{sampler} ci"] = mean_interval([float(r[sampler]) for r in group_rows])  # type: ignore[arg-type]
         rows += [*group_rows, mean_row]
     return samplers, rows
+
+
+def mean_interval(values: list[float], resamples: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of the mean of `values` over resamples of them (NaN: too few or undefined)."""
+    x = np.asarray([v for v in values if v == v], dtype=float)
+    if len(x) < 2:
+        return float("nan"), float("nan")
+    means = x[np.random.default_rng(seed).integers(0, len(x), (resamples, len(x)))].mean(1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def sampler_differences(samplers: list[str], rows: list[dict[str, object]]) -> list[dict[str, object]]:
+    """Per group, every later sampler minus every earlier one (hybrid - mono, hybrid - cross, cross -
+    mono): the mean over the group's languages of the paired difference, with its interval."""
+    out = []
+    for group in GROUPS:
+        languages = [r for r in rows if r["group"] == group and not str(r["language"]).startswith("mean")]
+        for i, a in enumerate(samplers):
+            for b in samplers[:i]:
+                diffs = [float(r[a]) - float(r[b]) for r in languages]  # type: ignore[arg-type]
+                diffs = [d for d in diffs if d == d]
+                if diffs:
+                    low, high = mean_interval(diffs)
+                    out.append({"group": group, "difference": f"{a} − {b}", "languages": len(diffs),
+                                "mean": statistics.fmean(diffs), "ci_low": low, "ci_high": high})
+    return out
 
 
 def to_markdown(samplers: list[str], rows: list[dict[str, object]], metric: str) -> str:
@@ -138,10 +171,23 @@ def to_markdown(samplers: list[str], rows: list[dict[str, object]], metric: str)
     for row in rows:
         cells = [str(row["language"]), str(row["group"]), f"{row[ZERO_SHOT]:.3f}"]
         for s in samplers:
-            std = row.get(f"{s} std")
+            std, ci = row.get(f"{s} std"), row.get(f"{s} ci")
             spread = f" ± {std:.3f}" if isinstance(std, float) and std == std else ""
-            cells.append(f"{row[s]:+.3f}{spread}")
+            interval = f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if isinstance(ci, tuple) and ci[0] == ci[0] else ""
+            cells.append(f"{row[s]:+.3f}{spread}{interval}")
         lines.append("| " + " | ".join(cells) + " |")
+    differences = sampler_differences(samplers, rows)
+    if differences:
+        lines += ["", f"Between samplers (paired by language; 95% interval over the group's languages), {metric}:", "",
+                  "| group | difference | languages | mean | 95% CI | reading |", "|---|---|---|---|---|---|"]
+        for d in differences:
+            low, high = float(d["ci_low"]), float(d["ci_high"])  # type: ignore[arg-type]
+            if low != low:
+                interval, reading = "–", "one language: no interval"
+            else:
+                interval = f"[{low:+.3f}, {high:+.3f}]"
+                reading = "no difference measured" if low <= 0 <= high else f"{str(d['difference']).split(' ')[0]} {'higher' if low > 0 else 'lower'}"
+            lines.append(f"| {d['group']} | {d['difference']} | {d['languages']} | {float(d['mean']):+.3f} | {interval} | {reading} |")  # type: ignore[arg-type]
     return "\n".join(lines) + "\n"
 
 
