@@ -174,7 +174,7 @@ def test_the_sweep_report_writes_intervals_table_csv_and_plot(tmp_path) -> None:
             cfg = {"seed": run.seed, "sampler": {"alpha": 0.5 if sampler == "hybrid" else None},
                    "data": {"source": {"split": {"folds": FOLDS, "fold": run.fold}}}}
             OmegaConf.save(cfg, d / ".hydra" / "config.yaml")
-            (d / "metrics.json").write_text(json.dumps({"test/mono/mAP": 0.5}))
+            (d / "metrics.json").write_text(json.dumps({"test/mono/mAP": 0.5, "baseline/test/mono/mAP": 0.1 * run.fold}))
             (d / "split.json").write_text(json.dumps({"test": fold_articles(run.fold), "train": [a for a in ARTICLES if a not in fold_articles(run.fold)], "val": []}))
             (d / "per_query.jsonl").write_text("".join(json.dumps(row) + "\n" for row in run.rows))
             (d / "baseline_per_query.jsonl").write_text("".join(json.dumps(row) + "\n" for row in zero_shot[run.fold]))
@@ -182,7 +182,9 @@ def test_the_sweep_report_writes_intervals_table_csv_and_plot(tmp_path) -> None:
     assert "95% confidence intervals" in markdown and "| xquad_r_test | m | hybrid | 3 | 3 | 1 | 144 | 12 |" in markdown
     # The baseline rows: one run per fold (the three samplers' copies are the same backbone), no seed.
     assert "| xquad_r_test | m | zero-shot | 3 | 3 | None | 144 | 12 |" in markdown
-    assert "| xquad_r_test | m | hybrid − zero-shot | mono mAP |" in markdown and "| xquad_r_test | m | mono − zero-shot |" in markdown
+    assert "| xquad_r_test | m | hybrid − zero-shot | mono mAP |" in markdown
+    # The metrics table's zero-shot row: one baseline per fold (0.0, 0.1, 0.2), not one copy of fold 0's.
+    assert "| m | zero-shot | 3 | 0.100 ± 0.100 |" in (tmp_path / "report.md").read_text() and "| xquad_r_test | m | mono − zero-shot |" in markdown
     assert (tmp_path / "uncertainty.png").stat().st_size > 0
     csv_text = (tmp_path / "uncertainty.csv").read_text()
     assert "hybrid - mono" in csv_text and "p_value" in csv_text

@@ -1,6 +1,7 @@
 """Collect the runs of a sweep into the paper's table: `python -m hybatch.report <multirun dir>`.
 
-Rows are model x sampler (x alpha when it varies), mean and standard deviation over seeds;
+Rows are model x sampler (x alpha when it varies), mean and standard deviation over its runs (seeds,
+and cross-validation folds: for those, the pooled intervals below are the numbers to read);
 columns are mono / cross / multi mAP, recall and language bias for every benchmark found in the
 runs' metrics.json. Training runs also contribute a "zero-shot" row from their baseline metrics.
 Writes `report.md`, `report.csv` and `report.png` (grouped bars) into the sweep dir. Runs with
@@ -138,17 +139,19 @@ def collect(sweep_dir: Path) -> dict[RunKey, list[dict[str, float]]]:
     identities = {r: _run_identity(r.parent) for r in runs}
     alphas = {alpha for _, sampler, alpha, _ in identities.values() if sampler == "hybrid"}
     groups: dict[RunKey, list[dict[str, float]]] = defaultdict(list)
-    zero_shot: dict[str, dict[str, float]] = {}
+    zero_shot: dict[str, dict[object, dict[str, float]]] = defaultdict(dict)
     for path in runs:
         model, sampler, alpha, _ = identities[path]
         metrics = {k: v for k, v in json.loads(path.read_text()).items() if v is not None}
         groups[RunKey(model, _sampler_label(sampler, alpha, alphas))].append({k: v for k, v in metrics.items() if not k.startswith("baseline/")})
         baseline = {k.removeprefix("baseline/"): v for k, v in metrics.items() if k.startswith("baseline/")}
         if baseline:
-            # The untrained backbone is the same in every run of a model: keep one copy.
-            zero_shot.setdefault(model, baseline)
-    for model, metrics in zero_shot.items():
-        groups[RunKey(model, "zero-shot")] = [metrics]
+            # The untrained backbone is the same in every run of a model on the same test split: keep
+            # one copy per cross-validation fold (None: no folds).
+            fold = OmegaConf.select(OmegaConf.load(path.parent / ".hydra" / "config.yaml"), "data.source.split.fold", default=None)
+            zero_shot[model].setdefault(fold, baseline)
+    for model, by_fold in zero_shot.items():
+        groups[RunKey(model, "zero-shot")] = list(by_fold.values())
     return dict(groups)
 
 
