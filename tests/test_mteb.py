@@ -230,7 +230,7 @@ def test_low_resource_report(tmp_path):
     assert markdown.splitlines()[0] == "| language | group | zero-shot f1 | mono Δ | hybrid Δ |"
     # One language per group here: means without intervals; the paired difference hybrid − mono per group.
     assert "| swa_Latn | low-resource | 0.400 | -0.100 ± 0.141 | +0.050 |" in markdown
-    assert "| low-resource | hybrid − mono | 1 | +0.150 | – | one language: no interval |" in markdown
+    assert "| low-resource | hybrid − mono | 1 | +0.150 | – | fewer than 5 languages: no interval |" in markdown
     for suffix in ("md", "csv", "png"):
         assert (tmp_path / "report" / f"low_resource.{suffix}").stat().st_size > 0
 

@@ -29,6 +29,7 @@ from hybatch.data.ntrex import FROM_ISO639_1, LOW_RESOURCE_LANGUAGES
 TASK = "mteb/NTREXBitextMining/"
 ZERO_SHOT = "zero-shot"
 GROUPS = ("trained", "unseen", "low-resource")
+MIN_LANGUAGES = 5  # languages a group needs for a bootstrap interval of its mean
 _LOW_RESOURCE = {code.split("-")[0] for code in LOW_RESOURCE_LANGUAGES}
 
 
@@ -139,9 +140,10 @@ def table(groups: dict[str, list[dict[str, float]]], trained: set[str]) -> tuple
 
 
 def mean_interval(values: list[float], resamples: int = 10_000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile interval of the mean of `values` over resamples of them (NaN: too few or undefined)."""
+    """95% percentile interval of the mean of `values` over resamples of them; NaN with fewer than
+    `MIN_LANGUAGES` values, where resampling says nothing (two values give their own range)."""
     x = np.asarray([v for v in values if v == v], dtype=float)
-    if len(x) < 2:
+    if len(x) < MIN_LANGUAGES:
         return float("nan"), float("nan")
     means = x[np.random.default_rng(seed).integers(0, len(x), (resamples, len(x)))].mean(1)
     low, high = np.percentile(means, [2.5, 97.5])
@@ -183,7 +185,7 @@ def to_markdown(samplers: list[str], rows: list[dict[str, object]], metric: str)
         for d in differences:
             low, high = float(d["ci_low"]), float(d["ci_high"])  # type: ignore[arg-type]
             if low != low:
-                interval, reading = "–", "one language: no interval"
+                interval, reading = "–", f"fewer than {MIN_LANGUAGES} languages: no interval"
             else:
                 interval = f"[{low:+.3f}, {high:+.3f}]"
                 reading = "no difference measured" if low <= 0 <= high else f"{str(d['difference']).split(' ')[0]} {'higher' if low > 0 else 'lower'}"
