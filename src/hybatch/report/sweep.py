@@ -79,10 +79,8 @@ def collect_per_query(sweep_dir: Path) -> dict[tuple[str, str], list[uncertainty
             log.warning("%s: no .hydra/ beside it or one folder up; left out of the intervals", path)
             continue
         model, sampler, alpha, seed = _run_identity(run_dir)
-        cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
         articles = _split_articles(run_dir)
-        fold = OmegaConf.select(cfg, "data.source.split.fold", default=None)
-        folds = OmegaConf.select(cfg, "data.source.split.folds", default=None)
+        fold, folds = _fold(run_dir)
         name = str(run_dir.relative_to(sweep_dir))
         runs.append((model, sampler, alpha, uncertainty.RunRows(name, fold, folds, seed, uncertainty.read_per_query(path), articles)))
     alphas = {alpha for _, sampler, alpha, _ in runs if sampler == "hybrid"}
@@ -92,17 +90,21 @@ def collect_per_query(sweep_dir: Path) -> dict[tuple[str, str], list[uncertainty
             log.warning("%s: no .hydra/ beside it; left out of the intervals", run_dir / BASELINE_PER_QUERY)
             continue
         model = _run_identity(run_dir)[0]
-        cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-        fold = OmegaConf.select(cfg, "data.source.split.fold", default=None)
+        fold, folds = _fold(run_dir)
         if any(r.fold == fold for r in groups[model, uncertainty.ZERO_SHOT]):
             continue
-        folds = OmegaConf.select(cfg, "data.source.split.folds", default=None)
         rows = uncertainty.read_per_query(run_dir / BASELINE_PER_QUERY)
         name = f"{run_dir.relative_to(sweep_dir)} (baseline)"
         groups[model, uncertainty.ZERO_SHOT].append(uncertainty.RunRows(name, fold, folds, None, rows, _split_articles(run_dir)))
     for model, sampler, alpha, run in runs:
         groups[model, _sampler_label(sampler, alpha, alphas)].append(run)
     return dict(groups)
+
+
+def _fold(run_dir: Path) -> tuple[int | None, int | None]:
+    """(fold, folds) of a run's cross-validation split; None for a run without folds."""
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    return OmegaConf.select(cfg, "data.source.split.fold", default=None), OmegaConf.select(cfg, "data.source.split.folds", default=None)
 
 
 def _split_articles(run_dir: Path) -> frozenset[str] | None:
@@ -148,8 +150,7 @@ def collect(sweep_dir: Path) -> dict[RunKey, list[dict[str, float]]]:
         if baseline:
             # The untrained backbone is the same in every run of a model on the same test split: keep
             # one copy per cross-validation fold (None: no folds).
-            fold = OmegaConf.select(OmegaConf.load(path.parent / ".hydra" / "config.yaml"), "data.source.split.fold", default=None)
-            zero_shot[model].setdefault(fold, baseline)
+            zero_shot[model].setdefault(_fold(path.parent)[0], baseline)
     for model, by_fold in zero_shot.items():
         groups[RunKey(model, "zero-shot")] = list(by_fold.values())
     return dict(groups)
