@@ -39,10 +39,8 @@ class _RecordingLoss(ContrastiveLoss):
 
     last: Tensor | None = None
 
-    def forward(
-        self, queries: Tensor, positives: Tensor, negatives: Tensor | None = None, passage_keys: Tensor | None = None
-    ) -> ContrastiveOutput:
-        out = super().forward(queries, positives, negatives, passage_keys)
+    def forward(self, queries: Tensor, positives: Tensor, *rest: Tensor | None) -> ContrastiveOutput:
+        out = super().forward(queries, positives, *rest)
         self.last = out.loss.detach().clone()
         return out
 

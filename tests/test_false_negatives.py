@@ -8,7 +8,6 @@ processes) losses; the passage keys against XQuAD-R's shared answer sentences.
 from __future__ import annotations
 
 import json
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from test_loss import _free_port, assert_grads_close, encoder, grads, make_inputs
+from helpers import assert_grads_close, encoder, grads, make_inputs
+from helpers import free_port as _free_port
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
@@ -100,6 +100,60 @@ def test_cached_loss_masks_the_same_negatives(chunk_size: int) -> None:
     assert_grads_close(got, grads(model))
 
 
+def reference_loss_with_negative_keys(q: Tensor, p: Tensor, n: Tensor, keys: Tensor, neg_keys: Tensor) -> Tensor:
+    """Per query, cross-entropy over the candidates left once every column with its key is removed."""
+    candidates, cand_keys = torch.cat([p, n]), torch.cat([keys, neg_keys])
+    losses = []
+    for i in range(q.shape[0]):
+        keep = [j for j in range(candidates.shape[0]) if j == i or cand_keys[j] < 0 or cand_keys[j] != keys[i]]
+        scores = F.normalize(q[i], dim=-1) @ F.normalize(candidates[keep], dim=-1).T / T
+        losses.append(torch.logsumexp(scores, 0) - scores[keep.index(i)])
+    return torch.stack(losses).mean()
+
+
+# One hard negative per row: row 3's is its own answer again, row 1's is rows 0/2/5's answer, the rest none.
+NEGATIVE_KEYS = torch.tensor([-1, 7, -1, 9, -1, -1])
+
+
+def test_hard_negatives_with_a_rows_key_are_masked_and_the_loss_equals_the_batch_without_them() -> None:
+    g = torch.Generator().manual_seed(3)
+    b = len(KEYS)
+    q, p, n = (torch.randn(b, 8, generator=g, dtype=torch.float64) for _ in range(3))
+    leaves = [x.clone().requires_grad_() for x in (q, p, n)]
+    out = contrastive_loss(*leaves, T, KEYS, NEGATIVE_KEYS)
+    out.loss.backward()
+    ref = [x.clone().requires_grad_() for x in (q, p, n)]
+    want = reference_loss_with_negative_keys(*ref, KEYS, NEGATIVE_KEYS)
+    want.backward()
+    assert out.loss.item() == pytest.approx(want.item(), rel=1e-12)
+    for got, expected in zip(leaves, ref, strict=True):
+        torch.testing.assert_close(got.grad, expected.grad, rtol=1e-10, atol=1e-12)
+    # 8 positive columns as before, plus negative 1 for rows 0, 2, 5 and negative 3 for row 3.
+    assert int(out.masked) == 8 + 3 + 1
+    mask = false_negative_mask(KEYS, 2 * b, NEGATIVE_KEYS)
+    assert mask[:, b:].nonzero().tolist() == [[0, 1], [2, 1], [3, 3], [5, 1]]
+
+
+@pytest.mark.parametrize("chunk_size", [1, 4])
+def test_cached_loss_masks_the_same_hard_negatives(chunk_size: int) -> None:
+    b = len(KEYS)
+    queries, passages = make_inputs(b, seed=1), make_inputs(2 * b, seed=2)
+    model = encoder(dropout=0.0)
+    model.zero_grad()
+    out = cached_contrastive_backward(
+        lambda c: model(**c), queries, passages, chunk_size, ContrastiveLoss(T), passage_keys=KEYS,
+        negative_keys=NEGATIVE_KEYS,
+    )  # fmt: skip
+    got = grads(model)
+    model.zero_grad()
+    p = model(**passages)
+    want = reference_loss_with_negative_keys(model(**queries), p[:b], p[b:], KEYS, NEGATIVE_KEYS)
+    want.backward()
+    assert out.loss.item() == pytest.approx(want.item(), rel=1e-5)
+    assert int(out.masked) == 12
+    assert_grads_close(got, grads(model))
+
+
 # --- two processes (gloo): duplicates on different ranks are masked too ---------------------------------
 
 WORLD = 2
@@ -140,18 +194,47 @@ def example(i: str, positives: dict[str, str], passage_ids: tuple[str, ...] = ()
     return ParallelExample(i, "qa", {lang: Translation(f"q{i}", text) for lang, text in positives.items()}, passage_ids=passage_ids)
 
 
-def test_passage_keys_link_normalised_texts_in_any_language_and_passage_ids() -> None:
+def test_passage_keys_are_per_language() -> None:
     corpus = ParallelCorpus([
         example("a", {"en": "The  Cat sat.", "de": "Die Katze saß."}),
-        example("b", {"en": "the cat sat.", "de": "Eine Katze saß."}),  # same English text, normalised
-        example("c", {"en": "A dog.", "de": "Die Katze saß."}),  # same German text as a
+        example("b", {"en": "the cat sat.", "de": "Eine Katze saß."}),  # a's English text, normalised
+        example("c", {"en": "A dog.", "de": "Die Katze saß."}),  # a's German text
         example("d", {"en": "Another.", "de": "Noch eins."}, passage_ids=("p1",)),
-        example("e", {"en": "Different.", "de": "Anders."}, passage_ids=("p1",)),
+        example("e", {"en": "Different.", "de": "Anders."}, passage_ids=("p1",)),  # d's passage in every language
         example("f", {"en": "Alone.", "de": "Allein."}),
     ])
     keys = corpus.passage_keys()
-    assert keys[0] == keys[1] == keys[2] and keys[3] == keys[4]
-    assert len({keys[0], keys[3], keys[5]}) == 3
+    en = [keys.positive(i, "en") for i in range(6)]
+    de = [keys.positive(i, "de") for i in range(6)]
+    # a and b are the same passage in English only, a and c in German only: not b and c anywhere.
+    assert en[0] == en[1] and len({en[0], en[2], en[3], en[5]}) == 4
+    assert de[0] == de[2] and len({de[0], de[1], de[3], de[5]}) == 4
+    assert en[3] == en[4] and de[3] == de[4] and en[3] != de[3]
+    # A hard negative carries the key of the positive it is, in its own language only.
+    assert keys.negatives("de", ["die katze saß.", "the cat sat.", "Noch eins."]) == [de[0], -1, de[3]]
+
+
+def test_xquad_r_keys_per_language_before_and_after(xquad_r_dir: Path) -> None:
+    """Before: one key per question, linked through any language (999 of 1,190 questions in shared
+    groups, so 10,989 of the 13,090 (question, language) positives). After: per language, 7,400."""
+    from hybatch.data.xquad_r_split import load_xquad_r_split
+
+    data = load_xquad_r_split(xquad_r_dir, split={"train": 1.0})
+    keys = data.train.passage_keys()
+    shared = {lang: keys.shared_counts(lang)[0] for lang in data.train.languages()}
+    assert len(data.train) == 1190
+    assert shared["en"] == 656 and shared["th"] == 896  # Thai sentences are coarser
+    assert sum(shared.values()) == 7400
+    # No question's own hard negatives (the other sentences of its paragraph) are its answer, but
+    # 31,229 of the 52,547 are another question's answer: masked for that question's row.
+    own = other = total = 0
+    for i, ex in enumerate(data.train.examples):
+        for lang, t in ex.translations.items():
+            found = keys.negatives(lang, t.negatives)
+            total += len(found)
+            own += sum(k == keys.positive(i, lang) for k in found)
+            other += sum(k >= 0 for k in found)
+    assert (own, other, total) == (0, 31229, 52547)
 
 
 def test_parallel_jsonl_passage_id_is_optional_and_checked(tmp_path: Path) -> None:
@@ -163,19 +246,10 @@ def test_parallel_jsonl_passage_id_is_optional_and_checked(tmp_path: Path) -> No
     path = tmp_path / "qa.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     keys = read_parallel_jsonl([path]).passage_keys()
-    assert keys[0] == keys[1] != keys[2]
+    assert keys.positive(0, "en") == keys.positive(1, "en") != keys.positive(2, "en")
     path.write_text(json.dumps({**rows[0], "passage_id": ["x"]}) + "\n")
     with pytest.raises(ValueError, match=r"qa.jsonl:1: 'passage_id' must be a string or integer"):
         read_parallel_jsonl([path])
-
-
-def test_xquad_r_questions_sharing_an_answer_sentence_share_a_key(xquad_r_dir: Path) -> None:
-    from hybatch.data.xquad_r_split import load_xquad_r_split
-
-    data = load_xquad_r_split(xquad_r_dir, languages=["en"], split={"train": 1.0})
-    counts = Counter(data.train.passage_keys())
-    assert len(data.train) == 1190
-    assert sum(c for c in counts.values() if c > 1) == 656  # the figure of issue 11
 
 
 def test_collated_batches_carry_the_passage_keys() -> None:
@@ -184,13 +258,19 @@ def test_collated_batches_carry_the_passage_keys() -> None:
     from hybatch.datamodule import PairDataset
     from hybatch.samplers import BatchItem
 
-    corpus = ParallelCorpus([example("a", {"en": "x", "de": "y"}), example("b", {"en": "X", "de": "z"}), example("c", {"en": "w", "de": "v"})])
+    corpus = ParallelCorpus([
+        ParallelExample("a", "qa", {"en": Translation("qa", "x", ("w", "u")), "de": Translation("qa", "y")}),
+        example("b", {"en": "X", "de": "z"}),
+        example("c", {"en": "w", "de": "v"}),
+    ])
 
     class Tokenizer:
         def __call__(self, texts, **kwargs):
             return {"input_ids": torch.zeros(len(texts), 2, dtype=torch.int64)}
 
-    dataset = PairDataset(corpus)
+    dataset = PairDataset(corpus, num_hard_negatives=2)
     batch = PairCollator(Tokenizer(), "", "", 8, 8)([dataset[BatchItem(i, "de", "en")] for i in range(3)])
     keys = batch["passage_key"].tolist()
     assert keys[0] == keys[1] != keys[2]
+    # a's negative "w" is c's English positive; "u" is nobody's.
+    assert batch["negative_keys"].tolist() == [keys[2], -1]

@@ -1,4 +1,5 @@
-"""The project's Lightning callbacks: exact resumption, step checkpoints, LAReQA evaluation.
+"""The project's Lightning callbacks: exact resumption, step checkpoints, LAReQA evaluation, the
+realized batch composition.
 
 Lightning restores the weights, optimiser, scheduler and loop counters, and (through
 `RetrievalDataModule.state_dict`) the sampler's position. It does not restore the global random number
@@ -163,3 +164,60 @@ class LareqaEvaluation(Callback):
         logged = {f"test/{k}": v for k, v in _loggable({k[5:]: v for k, v in self.test_metrics.items()}).items()}
         pl_module.log_dict(logged, sync_dist=True)
         pl_module.log_dict({k: v for k, v in self.test_metrics.items() if k not in logged}, logger=False, sync_dist=True)
+
+
+class BatchComposition(Callback):
+    """Counts what the run actually trained on: monolingual batches per language, cross-lingual rows
+    per query and per passage language (global counts: a monolingual batch is one on every rank,
+    cross-lingual rows are summed over ranks). Kept in checkpoints, so a resumed run counts from the
+    start; `metrics()` gives the `composition/...` keys of metrics.json."""
+
+    def __init__(self, languages: list[str]) -> None:
+        self.languages = list(languages)
+        self.batches = 0
+        self.mono = dict.fromkeys(self.languages, 0)
+        self.cross_query = dict.fromkeys(self.languages, 0)
+        self.cross_passage = dict.fromkeys(self.languages, 0)
+        self._reduced: dict[str, float] | None = None
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        queries, passages = batch["query_lang"], batch["passage_lang"]
+        self.batches += 1
+        if all(q == p for q, p in zip(queries, passages)) and len(set(queries)) == 1:
+            self.mono[queries[0]] += 1
+            return
+        for q, p in zip(queries, passages):
+            self.cross_query[q] += 1
+            self.cross_passage[p] += 1
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        counts = [self.cross_query[lang] for lang in self.languages] + [self.cross_passage[lang] for lang in self.languages]
+        rows = torch.tensor(counts, dtype=torch.int64, device=pl_module.device)
+        rows = trainer.strategy.reduce(rows, reduce_op="sum").cpu().tolist()
+        n = len(self.languages)
+        self._reduced = {
+            "composition/batches": float(self.batches),
+            "composition/mono_fraction": sum(self.mono.values()) / max(self.batches, 1),
+            **{f"composition/mono/{lang}": float(self.mono[lang]) for lang in self.languages},
+            **{f"composition/cross/query/{lang}": rows[i] for i, lang in enumerate(self.languages)},
+            **{f"composition/cross/passage/{lang}": rows[n + i] for i, lang in enumerate(self.languages)},
+        }
+
+    def metrics(self) -> dict[str, float]:
+        """The realized composition, once training has ended."""
+        return dict(self._reduced or {})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "batches": self.batches,
+            "mono": dict(self.mono),
+            "cross_query": dict(self.cross_query),
+            "cross_passage": dict(self.cross_passage),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.batches = int(state_dict["batches"])
+        for name in ("mono", "cross_query", "cross_passage"):
+            getattr(self, name).update(state_dict[name])

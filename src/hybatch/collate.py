@@ -126,10 +126,15 @@ class PairCollator:
             "query_lang": [r["query_lang"] for r in rows],
             "passage_lang": [r["passage_lang"] for r in rows],
         }
-        if all("passage_key" in r for r in rows):
-            # Same key, same positive passage: masked out of each other's negatives by the loss.
+        keyed = all("passage_key" in r for r in rows)
+        if keyed:
+            # Same key, same passage: masked out of each other's candidates by the loss.
             batch["passage_key"] = torch.tensor([r["passage_key"] for r in rows], dtype=torch.int64)
         negatives = [n for r in rows for n in r["negatives"]]
         if negatives:
             batch["negatives"] = self._tokenize(negatives, "passage")
+            if keyed:
+                batch["negative_keys"] = torch.tensor(
+                    [k for r in rows for k in r.get("negative_keys", [-1] * len(r["negatives"]))], dtype=torch.int64
+                )
         return batch

@@ -42,6 +42,17 @@ def sweep_group() -> str | None:
     return Path(hydra_cfg.sweep.dir).name
 
 
+def sweeper_optimises() -> bool:
+    """Whether this job belongs to a multirun whose sweeper reads the returned metric (Optuna & co.);
+    the basic sweeper's grid ignores it."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if sweep_group() is None:
+        return False
+    target = str(HydraConfig.get().sweeper.get("_target_", ""))
+    return not target.endswith("BasicSweeper")
+
+
 def instantiate_dict(cfg: DictConfig | None) -> list[Any]:
     """Instantiate every `_target_` entry of a config group that is a dict of named objects."""
     if not cfg:

@@ -30,8 +30,9 @@ SamplerFactory = Callable[..., ParallelBatchSampler]
 
 
 class PairDataset(Dataset):
-    """Looks up the texts of a `BatchItem`: the query in its language, the passage in its own, and the
-    passage's identity key (`ParallelCorpus.passage_keys`: same key, same passage)."""
+    """Looks up the texts of a `BatchItem`: the query in its language, the passage and its hard
+    negatives in the passage language, and their identity keys in that language (`PassageKeys`:
+    same key, same passage)."""
 
     def __init__(self, corpus: ParallelCorpus, num_hard_negatives: int = 0) -> None:
         self.corpus = corpus
@@ -45,14 +46,16 @@ class PairDataset(Dataset):
         example = self.corpus[item.example]
         query = example.translations[item.query_lang]
         passage = example.translations[item.passage_lang]
+        negatives = list(passage.negatives[: self.num_hard_negatives])
         return {
             "id": example.id,
             "query": query.query,
             "positive": passage.positive,
-            "negatives": list(passage.negatives[: self.num_hard_negatives]),
+            "negatives": negatives,
             "query_lang": item.query_lang,
             "passage_lang": item.passage_lang,
-            "passage_key": self.passage_keys[item.example],
+            "passage_key": self.passage_keys.positive(item.example, item.passage_lang),
+            "negative_keys": self.passage_keys.negatives(item.passage_lang, negatives),
         }
 
 

@@ -76,7 +76,7 @@ def describe(samplers: Sequence[ParallelBatchSampler], num_batches: int) -> dict
         epoch += 1
     return {
         "num_batches": seen,
-        "epochs_spanned": epoch + 1,
+        "epochs_spanned": epoch,
         "batches_per_epoch": len(samplers[0]),
         "global_batch_size": samplers[0].global_batch_size,
         "world_size": world_size,

@@ -5,11 +5,12 @@ its own positive is candidate i. Scores are cosine similarities divided by a tem
 
     loss = mean_i -log( exp(s(q_i, p_i) / t) / sum_j exp(s(q_i, d_j) / t) )
 
-False negatives: with `passage_keys` (one passage identity per example, e.g. the same answer
-sentence of a parallel set), the positive of example j is left out of query i's candidates when
-j != i has i's key. Such a positive is a copy (or translation) of i's own, and scoring it as a
-negative would push the query away from its answer. The masked logits are -inf, so the loss and its
-gradients equal those computed without those columns.
+False negatives: with `passage_keys` (the identity of each row's positive in the language the batch
+shows it, `hybatch.data.corpus.PassageKeys`) a candidate is left out of query i's candidates when it
+is the same passage as i's positive: the positive of another row j with i's key, and any hard
+negative whose key (`negative_keys`; -1: none) is i's, i's own negatives included. Scoring such a
+candidate as a negative would push the query away from its answer. The masked logits are -inf, so
+the loss and its gradients equal those computed without those columns.
 """
 
 from __future__ import annotations
@@ -39,15 +40,22 @@ class ContrastiveOutput(NamedTuple):
     masked: Tensor
 
 
-def false_negative_mask(passage_keys: Tensor, num_candidates: int) -> Tensor:
-    """(B, num_candidates) bool: True where candidate j < B is another example with query i's passage key.
+def false_negative_mask(passage_keys: Tensor, num_candidates: int, negative_keys: Tensor | None = None) -> Tensor:
+    """(B, num_candidates) bool: True where candidate j is the same passage as query i's positive.
 
-    Hard negatives (columns B..) are never masked.
+    Columns < B are the positives (key `passage_keys[j]`, the diagonal never masked), columns B.. the
+    hard negatives (key `negative_keys[j - B]`; -1 or no `negative_keys`: never masked).
     """
     keys = passage_keys.reshape(-1)
-    same = keys[:, None] == keys[None, :]
-    same.fill_diagonal_(False)
-    return F.pad(same, (0, num_candidates - keys.shape[0]), value=False)
+    b = keys.shape[0]
+    if negative_keys is None:
+        negative_keys = torch.full((num_candidates - b,), -1, dtype=keys.dtype, device=keys.device)
+    candidates = torch.cat([keys, negative_keys.reshape(-1).to(keys)])
+    if candidates.shape[0] != num_candidates:
+        raise ValueError(f"{negative_keys.numel()} negative keys for {num_candidates - b} hard negatives")
+    same = (keys[:, None] == candidates[None, :]) & (candidates >= 0)[None, :]
+    same[:, :b].fill_diagonal_(False)
+    return same
 
 
 def contrastive_loss(
@@ -56,11 +64,12 @@ def contrastive_loss(
     negatives: Tensor | None = None,
     temperature: float = 0.05,
     passage_keys: Tensor | None = None,
+    negative_keys: Tensor | None = None,
 ) -> ContrastiveOutput:
     """InfoNCE over cosine similarities; candidates are `[positives; negatives]`, query i -> candidate i.
 
-    `passage_keys` (B,) integers: positives of other examples with the same key are masked out of each
-    query's candidates (see the module docstring). Scores are computed in at least float32: dividing
+    `passage_keys` (B,) and `negative_keys` (one per hard negative, -1 for none) integers: candidates
+    with a query's key are masked out of its candidates (see the module docstring). Scores are computed in at least float32: dividing
     bf16/fp16 cosines by a small temperature would otherwise throw away most of their precision.
     """
     if temperature <= 0:
@@ -79,7 +88,8 @@ def contrastive_loss(
         if passage_keys is None:
             masked = torch.zeros((), dtype=torch.int64, device=q.device)
         else:
-            mask = false_negative_mask(passage_keys.to(q.device), logits.shape[1])
+            keys = None if negative_keys is None else negative_keys.to(q.device)
+            mask = false_negative_mask(passage_keys.to(q.device), logits.shape[1], keys)
             logits = logits.masked_fill(mask, float("-inf"))
             masked = mask.sum()
         labels = torch.arange(q.shape[0], device=q.device)
@@ -148,8 +158,8 @@ class ContrastiveLoss(nn.Module):
     gradient, not the loss, so the returned loss is the true global-batch loss, the same on every rank,
     fit for logging and early stopping. Negatives are always gathered, as zero rows where a rank has
     none (e.g. no example of its slice has a hard negative): every rank must run the same collectives.
-    `passage_keys` are gathered like the positives, so false negatives are masked across devices too;
-    when gathering, pass them on every rank or on none.
+    `passage_keys` and `negative_keys` are gathered like the positives and negatives, so false
+    negatives are masked across devices too; when gathering, pass them on every rank or on none.
     """
 
     def __init__(self, temperature: float = 0.05, gather: bool = True) -> None:
@@ -163,19 +173,23 @@ class ContrastiveLoss(nn.Module):
         positives: Tensor,
         negatives: Tensor | None = None,
         passage_keys: Tensor | None = None,
+        negative_keys: Tensor | None = None,
     ) -> ContrastiveOutput:
         world = _world_size()
         if self.gather and world > 1:
             if negatives is None:
                 negatives = positives.new_zeros((0, *positives.shape[1:]))
+            if passage_keys is not None and negative_keys is None:
+                negative_keys = torch.full((negatives.shape[0],), -1, dtype=torch.int64, device=positives.device)
             queries = gather_across_ranks(_ScaleGrad.apply(queries, world))
             positives = gather_across_ranks(_ScaleGrad.apply(positives, world))
             negatives = gather_across_ranks(_ScaleGrad.apply(negatives, world))
             if passage_keys is not None:
                 passage_keys = gather_across_ranks(passage_keys.to(positives.device))
+                negative_keys = gather_across_ranks(negative_keys.to(positives.device))
             if negatives.shape[0] == 0:
-                negatives = None
-        return contrastive_loss(queries, positives, negatives, self.temperature, passage_keys)
+                negatives = negative_keys = None
+        return contrastive_loss(queries, positives, negatives, self.temperature, passage_keys, negative_keys)
 
 
 def split_inputs(inputs: Inputs, chunk_size: int) -> list[dict[str, Tensor]]:
@@ -222,6 +236,7 @@ def cached_contrastive_backward(
     backward_fn: Callable[..., Any] = Tensor.backward,
     no_sync: Callable[[], AbstractContextManager[Any]] | None = None,
     passage_keys: Tensor | None = None,
+    negative_keys: Tensor | None = None,
 ) -> ContrastiveOutput:
     """Gradient-cached contrastive step (Gao et al. 2021): the gradients of `loss_fn` over the whole batch
     with the activation memory of one chunk. Accumulates into `.grad`; returns the detached output.
@@ -236,7 +251,7 @@ def cached_contrastive_backward(
     3. re-embed each chunk with grad from its recorded RNG state (identical dropout) and call
        `backward_fn(embeddings, gradient=cached_grad)` (default `Tensor.backward`). Pass Lightning's
        `self.manual_backward`, which forwards `gradient=` to `Tensor.backward` after AMP loss scaling.
-    `passage_keys`, when given, go to `loss_fn` (false-negative masking).
+    `passage_keys` and `negative_keys`, when given, go to `loss_fn` (false-negative masking).
 
     Under DDP every chunk's backward would all-reduce; only the last one should. Pass `no_sync`, a
     callable returning DDP's no-sync context (`ddp_model.no_sync`, or in Lightning
@@ -258,7 +273,7 @@ def cached_contrastive_backward(
     queries = torch.cat(embeddings[: len(query_chunks)]).requires_grad_()
     passages = torch.cat(embeddings[len(query_chunks) :]).requires_grad_()
     negatives = passages[n_queries:] if passages.shape[0] > n_queries else None
-    keys = () if passage_keys is None else (passage_keys,)
+    keys = () if passage_keys is None else (passage_keys, negative_keys)
     out = loss_fn(queries, passages[:n_queries], negatives, *keys)
     query_grad, passage_grad = torch.autograd.grad(out.loss, [queries, passages])
     grads = query_grad.split(chunk_size) + passage_grad.split(chunk_size)

@@ -25,6 +25,9 @@ from hybatch.loss import ContrastiveLoss, ContrastiveOutput, cached_contrastive_
 log = logging.getLogger(__name__)
 
 
+AUTO_CPU_LENGTH_GROUPS = 4
+
+
 class DualEncoderModule(pl.LightningModule):
     """Trains the encoder; validates and tests with the loss (the LAReQA benchmarks of the held-out
     splits are scored by the `LareqaEvaluation` callback, `eval_batch_size` texts per forward pass).
@@ -34,7 +37,9 @@ class DualEncoderModule(pl.LightningModule):
     cached (Gao et al. 2021), so the batch size is independent of accelerator memory; this uses
     manual optimisation and composes with `gather_negatives` under DDP. `length_groups`: embed each
     batch (or chunk) in that many passes over texts of similar length, each padded only to its own
-    longest (`hybatch.encoder.embed_length_grouped`): less compute spent on padding. `on_nonfinite_loss`: "raise"
+    longest (`hybatch.encoder.embed_length_grouped`): less compute spent on padding; "auto" is
+    `AUTO_CPU_LENGTH_GROUPS` passes on a CPU (faster, docs/performance.md) and one on an accelerator,
+    where passes of a quarter batch would use the device less well. `on_nonfinite_loss`: "raise"
     stops the run before a NaN reaches the weights; "skip" drops the step (with several devices only
     together with the cached loss: Lightning cannot skip an automatic-optimisation step under DDP).
     `max_grad_norm` clips the global gradient norm after AMP unscaling (FSDP: the sharded norm).
@@ -52,7 +57,7 @@ class DualEncoderModule(pl.LightningModule):
         warmup: float = 0.1,
         gather_negatives: bool = True,
         grad_cache_chunk_size: int | None = None,
-        length_groups: int = 1,
+        length_groups: int | str = "auto",
         eval_batch_size: int = 64,
         on_nonfinite_loss: str = "raise",
         max_grad_norm: float | None = None,
@@ -61,8 +66,8 @@ class DualEncoderModule(pl.LightningModule):
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"module.temperature={temperature}: expected > 0")
-        if length_groups < 1:
-            raise ValueError(f"module.length_groups={length_groups}: expected an integer >= 1")
+        if length_groups != "auto" and (isinstance(length_groups, bool) or not isinstance(length_groups, int) or length_groups < 1):
+            raise ValueError(f"module.length_groups={length_groups!r}: expected 'auto' or an integer >= 1")
         if on_nonfinite_loss not in ("raise", "skip"):
             raise ValueError(f"module.on_nonfinite_loss={on_nonfinite_loss!r}: expected 'raise' or 'skip'")
         self.save_hyperparameters(ignore=["encoder", "model_config"])
@@ -108,7 +113,15 @@ class DualEncoderModule(pl.LightningModule):
 
     # --- training -----------------------------------------------------------------------------
     def _embed_texts(self, features: dict[str, Tensor], role: Role) -> Tensor:
-        return embed_length_grouped(self.encoder, features, role, self.hparams.length_groups)
+        return embed_length_grouped(self.encoder, features, role, self.length_groups)
+
+    @property
+    def length_groups(self) -> int:
+        """The passes per side of a batch on this module's device (`length_groups` resolved)."""
+        groups = self.hparams.length_groups
+        if groups == "auto":
+            return AUTO_CPU_LENGTH_GROUPS if self.device.type == "cpu" else 1
+        return groups
 
     def _embed(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor | None]:
         q = self._embed_texts(batch["query"], "query")
@@ -140,7 +153,7 @@ class DualEncoderModule(pl.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         size = len(batch["ids"])
         if self.automatic_optimization:
-            out = self.loss_fn(*self._embed(batch), batch.get("passage_key"))
+            out = self.loss_fn(*self._embed(batch), batch.get("passage_key"), batch.get("negative_keys"))
             if not self._check_finite(out, batch):
                 return None
         else:
@@ -158,6 +171,7 @@ class DualEncoderModule(pl.LightningModule):
                 backward_fn=self.manual_backward,
                 no_sync=self._no_sync(),
                 passage_keys=batch.get("passage_key"),
+                negative_keys=batch.get("negative_keys"),
             )
             if self._check_finite(out, batch):
                 opt.step()
@@ -188,7 +202,7 @@ class DualEncoderModule(pl.LightningModule):
 
     # --- held-out evaluation ------------------------------------------------------------------
     def _held_out_step(self, batch: dict[str, Any], split: str) -> None:
-        out = self.loss_fn(*self._embed(batch), batch.get("passage_key"))
+        out = self.loss_fn(*self._embed(batch), batch.get("passage_key"), batch.get("negative_keys"))
         self.log(f"{split}/loss", out.loss, sync_dist=True, batch_size=len(batch["ids"]))
         self.log(f"{split}/accuracy", out.accuracy, sync_dist=True, batch_size=len(batch["ids"]))
 

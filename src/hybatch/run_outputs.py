@@ -68,16 +68,31 @@ def write_metrics(path: Path, metrics: Mapping[str, float]) -> None:
     atomic_write_text(path, json.dumps(clean, indent=2) + "\n")
 
 
+def refuse_test_selection(name: str | None) -> None:
+    """A multirun (what a sweeper drives) must not optimise a test-split metric: choosing the best
+    trial on the test split makes its test score a biased estimate."""
+    from hybatch.config import sweep_group
+
+    if name is None or sweep_group() is None:
+        return
+    if name.startswith("test/") or "/test/" in name:
+        raise ValueError(
+            f"optimized_metric={name!r} is a test-split metric, and a sweep would select on it; optimise a "
+            "validation metric instead, e.g. optimized_metric=best/val/multi/mAP (the best validation score "
+            "of the checkpoint monitor) or best/val/loss"
+        )
+
+
 def optimized_metric(metrics: Mapping[str, float], name: str | None) -> float | None:
     """The value a Hydra sweeper optimises (`optimized_metric=<key of metrics.json>`); None when unset."""
     if name is None:
         return None
     if name not in metrics:
-        from hybatch.config import sweep_group
+        from hybatch.config import sweeper_optimises
 
         message = f"optimized_metric={name!r} is not among the run's metrics: {sorted(metrics)[:20]}..."
-        if sweep_group() is None:  # a single run: nothing optimises it, the run's results stand
-            logging.getLogger(__name__).warning("%s (a single run: ignored)", message)
+        if not sweeper_optimises():  # nothing reads it: the run's results stand
+            logging.getLogger(__name__).warning("%s (no sweeper optimises it: ignored)", message)
             return None
         raise KeyError(message)
     return metrics[name]

@@ -15,7 +15,7 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from hybatch.callbacks import ExactResume, LareqaEvaluation, StepCheckpoint
+from hybatch.callbacks import BatchComposition, ExactResume, LareqaEvaluation, StepCheckpoint
 from hybatch.checkpoints import (
     AtomicCheckpointIO,
     check_same_backbone,
@@ -31,7 +31,14 @@ from hybatch.interpolation import interpolate_after_fit, interpolation_config
 from hybatch.loggers import finish_loggers, log_results
 from hybatch.module import DualEncoderModule
 from hybatch.report.lareqa import lareqa_table, report_lareqa
-from hybatch.run_outputs import BASELINE_PER_QUERY, PER_QUERY, optimized_metric, write_metrics, write_run_info
+from hybatch.run_outputs import (
+    BASELINE_PER_QUERY,
+    PER_QUERY,
+    optimized_metric,
+    refuse_test_selection,
+    write_metrics,
+    write_run_info,
+)
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +99,7 @@ def build_checked(
     """The datamodule, encoder, module and checkpoint to resume from, with everything that can be
     wrong with the inputs found before the run writes anything: the data and the sampler first, in
     seconds, before a model is loaded; a checkpoint of another backbone before any training."""
+    refuse_test_selection(cfg.get("optimized_metric"))
     datamodule = instantiate(cfg.data, sampler=instantiate(cfg.sampler), seed=cfg.seed)
     datamodule.check(monitor=OmegaConf.select(cfg, "callbacks.model_checkpoint.monitor"))
     interpolation_config(cfg, datamodule)
@@ -117,7 +125,10 @@ def _fit_test_export(cfg: DictConfig) -> dict[str, float]:
     lareqa = LareqaEvaluation(
         datamodule.val_benchmark, datamodule.test_benchmark, cfg.module.eval_batch_size, output_dir / PER_QUERY
     )
-    callbacks = [*instantiate_dict(cfg.get("callbacks")), exact_resume, lareqa, *step_checkpoints(cfg, output_dir)]
+    composition = BatchComposition(datamodule.languages)
+    callbacks = [
+        *instantiate_dict(cfg.get("callbacks")), exact_resume, lareqa, composition, *step_checkpoints(cfg, output_dir)
+    ]
 
     output_dir.mkdir(parents=True, exist_ok=True)
     write_run_info(cfg, output_dir)
@@ -131,7 +142,7 @@ def _fit_test_export(cfg: DictConfig) -> dict[str, float]:
     # Tensors-only loading: a checkpoint can hold no code that runs when it is read.
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     # A resumed run has not logged what came before its checkpoint itself.
-    metrics = {**exact_resume.resumed_metrics, **scalar_metrics(trainer)}
+    metrics = {**exact_resume.resumed_metrics, **scalar_metrics(trainer), **composition.metrics(), **best_score(trainer)}
     load_best_checkpoint(trainer, encoder)
     metrics.update(interpolate_after_fit(cfg, encoder, datamodule, trainer, output_dir, loggers))
     if cfg.get("test") and datamodule.data.test is not None:
@@ -149,6 +160,14 @@ def _fit_test_export(cfg: DictConfig) -> dict[str, float]:
 def scalar_metrics(trainer: pl.Trainer) -> dict[str, float]:
     """What the run logged last, as floats (`callback_metrics` also holds non-scalar tensors)."""
     return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+
+
+def best_score(trainer: pl.Trainer) -> dict[str, float]:
+    """`best/<monitor>`: the monitored validation value of the checkpoint that is tested and exported."""
+    checkpoint = trainer.checkpoint_callback
+    if checkpoint is None or checkpoint.monitor is None or checkpoint.best_model_score is None:
+        return {}
+    return {f"best/{checkpoint.monitor}": float(checkpoint.best_model_score)}
 
 
 def load_best_checkpoint(trainer: pl.Trainer, encoder: DualEncoder) -> None:

@@ -36,9 +36,11 @@ class ParallelExample:
     translations: Mapping[str, Translation]
     article: str | None = None  # source document, for splits and overlap checks
     origin: str | None = None  # "file:line" it was read from, for error messages
-    # Identities of the positive passage (in any language), e.g. XQuAD-R's answer sentence: examples
-    # sharing one, or a positive text, have the same passage (see `ParallelCorpus.passage_keys`).
+    # Identities of the positive passage: `passage_ids` hold in every language (parallel JSONL's
+    # `passage_id`), `language_passage_ids` in one (XQuAD-R's answer sentence, segmented per language).
+    # Examples sharing one, or a positive text, in a language have the same passage there (`PassageKeys`).
     passage_ids: tuple[str, ...] = ()
+    language_passage_ids: Mapping[str, str] = field(default_factory=dict)
 
 
 def normalise_passage(text: str) -> str:
@@ -46,12 +48,79 @@ def normalise_passage(text: str) -> str:
     return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
 
 
+NO_KEY = -1
+
+
+def _digest(lang: str, kind: str, value: str) -> bytes:
+    return hashlib.blake2b(f"{lang}\0{kind}\0{value}".encode(), digest_size=16).digest()
+
+
+class PassageKeys:
+    """A key per (example, language) positive, shared by exactly the positives that are the same
+    passage IN THAT LANGUAGE: the same `passage_ids` entry, the same `language_passage_ids[lang]`,
+    or the same normalised text (linked transitively). Keys are per language because a batch shows
+    each example's passage in one language: two questions whose answers coincide in German but not
+    in English are not each other's false negatives in an English batch.
+
+    A hard negative gets the key of the positive whose text it is (`NO_KEY` when it is no positive
+    of its language), so the loss also masks a negative that is some row's answer.
+    """
+
+    def __init__(self, examples: Sequence[ParallelExample]) -> None:
+        self._examples = examples
+        self._first: list[int] = []
+        parent: list[int] = []
+
+        def root(i: int) -> int:
+            while parent[i] != i:
+                parent[i] = parent[parent[i]]
+                i = parent[i]
+            return i
+
+        owner: dict[bytes, int] = {}
+        for ex in examples:
+            self._first.append(len(parent))
+            for lang, t in ex.translations.items():
+                node = len(parent)
+                parent.append(node)
+                tokens = [_digest(lang, "id", p) for p in ex.passage_ids]
+                if lang in ex.language_passage_ids:
+                    tokens.append(_digest(lang, "lid", ex.language_passage_ids[lang]))
+                tokens.append(_digest(lang, "text", normalise_passage(t.positive)))
+                for token in tokens:
+                    parent[root(node)] = root(owner.setdefault(token, node))
+        self._keys = [root(i) for i in range(len(parent))]
+        self._text_keys = {token: self._keys[node] for token, node in owner.items()}
+        shared = Counter(self._keys)
+        n = sum(c for c in shared.values() if c > 1)
+        if n:
+            log.info(
+                "%d of %d (example, language) positives share their passage with another example's in the same "
+                "language (%d passages): they are not used as each other's negatives",
+                n, len(self._keys), sum(c > 1 for c in shared.values()),
+            )  # fmt: skip
+
+    def positive(self, example: int, lang: str) -> int:
+        """The key of example `example`'s positive in `lang`."""
+        langs = list(self._examples[example].translations)
+        return self._keys[self._first[example] + langs.index(lang)]
+
+    def negatives(self, lang: str, texts: Sequence[str]) -> list[int]:
+        """Keys of hard negatives in `lang`: the key of the positive each one is, else `NO_KEY`."""
+        return [self._text_keys.get(_digest(lang, "text", normalise_passage(t)), NO_KEY) for t in texts]
+
+    def shared_counts(self, lang: str) -> tuple[int, int]:
+        """(positives in `lang` that share their key with another, number of such keys)."""
+        keys = Counter(self.positive(i, lang) for i, ex in enumerate(self._examples) if lang in ex.translations)
+        return sum(c for c in keys.values() if c > 1), sum(c > 1 for c in keys.values())
+
+
 @dataclass
 class ParallelCorpus:
     """A list of parallel examples; ids are unique within a dataset."""
 
     examples: list[ParallelExample] = field(default_factory=list)
-    _passage_keys: list[int] | None = field(default=None, init=False, repr=False, compare=False)
+    _passage_keys: PassageKeys | None = field(default=None, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -62,37 +131,10 @@ class ParallelCorpus:
     def languages(self) -> set[str]:
         return {lang for ex in self.examples for lang in ex.translations}
 
-    def passage_keys(self) -> list[int]:
-        """Per example, a key shared by exactly the examples whose positives are the same passage.
-
-        Two examples are linked when they share a `passage_ids` entry or the normalised text of a
-        positive in any language; keys are the connected components (computed once). The loss masks
-        the positives of same-key examples out of each other's negatives.
-        """
+    def passage_keys(self) -> PassageKeys:
+        """The identity of every positive passage per language (computed once; see `PassageKeys`)."""
         if self._passage_keys is None:
-            parent = list(range(len(self.examples)))
-
-            def root(i: int) -> int:
-                while parent[i] != i:
-                    parent[i] = parent[parent[i]]
-                    i = parent[i]
-                return i
-
-            owner: dict[bytes, int] = {}
-            for i, ex in enumerate(self.examples):
-                tokens = [f"id\0{p}" for p in ex.passage_ids]
-                tokens += [f"text\0{normalise_passage(t.positive)}" for t in ex.translations.values()]
-                for token in tokens:
-                    j = owner.setdefault(hashlib.blake2b(token.encode(), digest_size=16).digest(), i)
-                    parent[root(i)] = root(j)
-            self._passage_keys = [root(i) for i in range(len(self.examples))]
-            shared = Counter(self._passage_keys)
-            n = sum(c for c in shared.values() if c > 1)
-            if n:
-                log.info(
-                    "%d of %d examples share their positive passage with another (%d passages): they are "
-                    "not used as each other's negatives", n, len(self.examples), sum(c > 1 for c in shared.values()),
-                )
+            self._passage_keys = PassageKeys(self.examples)
         return self._passage_keys
 
     def groups(self, languages: Sequence[str], split: str = "train") -> dict[str, DatasetGroup]:

@@ -118,7 +118,7 @@ def examples_from_lareqa(
     answer's paragraph are its hard negatives."""
     by_id: dict[str, dict[str, Translation]] = {}
     article_of: dict[str, str] = {}
-    passages: dict[str, list[str]] = {}
+    passages: dict[str, dict[str, str]] = {}
     for lang, lang_data in data.items():
         paragraphs: dict[int, list[int]] = {}
         for i, c in enumerate(lang_data.candidates):
@@ -134,9 +134,11 @@ def examples_from_lareqa(
             )
             by_id.setdefault(q.qid, {})[lang] = Translation(q.text, render_candidate(answer, passage_text), negatives)
             article_of[q.qid] = q.article
-            # The answer sentence: questions sharing it (in any language) share their positive.
-            passages.setdefault(q.qid, []).append(f"{q.article}/{answer.paragraph}/{lang}:{answer.sentence}")
-    return [ParallelExample(qid, dataset, t, article_of[qid], passage_ids=tuple(passages[qid])) for qid, t in by_id.items()]
+            # The answer sentence: questions sharing it in a language share their positive there.
+            passages.setdefault(q.qid, {})[lang] = f"{q.article}/{answer.paragraph}:{answer.sentence}"
+    return [
+        ParallelExample(qid, dataset, t, article_of[qid], language_passage_ids=passages[qid]) for qid, t in by_id.items()
+    ]
 
 
 def load_xquad_r_split(
