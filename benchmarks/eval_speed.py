@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
-from hybatch.data.lareqa import load_lareqa_benchmark
-from hybatch.evaluation.lareqa import score_lareqa
+from hybatch.data.lareqa_benchmarks import load_lareqa_benchmark
+from hybatch.evaluation.lareqa_scoring import score_lareqa
 
 REPO = Path(__file__).resolve().parents[1]
 

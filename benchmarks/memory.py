@@ -82,10 +82,10 @@ def batch_features(args: argparse.Namespace, encoder: Any, batch_size: int) -> l
 
 def measure(args: argparse.Namespace, batch_size: int, cached: bool) -> float:
     """The step's peak memory above the memory in use before it, in MB (run in a fresh process)."""
+    from hybatch.backbones.builders import me5_small_bundled
     from hybatch.collate import tag_role
+    from hybatch.lightning_module import DualEncoderModule
     from hybatch.loss import cached_contrastive_backward
-    from hybatch.models.builders import me5_small_bundled
-    from hybatch.module import DualEncoderModule
 
     device = torch.device(args.device)
     encoder = me5_small_bundled(args.cache_dir, query_max_length=args.max_length, passage_max_length=args.max_length)

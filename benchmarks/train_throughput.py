@@ -49,10 +49,10 @@ from hydra.utils import instantiate
 from rich.console import Console
 from rich.table import Table
 
+from hybatch.backbones.bundled import bundled_model_dir
 from hybatch.collate import PairCollator
 from hybatch.config import CONFIG_DIR
 from hybatch.datamodule import PairDataset
-from hybatch.models.bundled import bundled_model_dir
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPERATURE = 0.05

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import write_lareqa
 
 REPO = Path(__file__).resolve().parents[1]
 XQUAD_R_DIR = Path(os.environ.get("HYBATCH_XQUAD_R_DIR", REPO.parent / "shared" / "data" / "xquad-r"))
@@ -54,3 +55,23 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def mlqa_like_dir(tmp_path: Path) -> Path:
+    """MLQA-R shape: questions in only some languages, 1-3 answers per question, several per paragraph."""
+    d = tmp_path / "mlqa"
+    d.mkdir()
+    write_lareqa(d / "en.json", "Art", [
+        (["Paris is the capital of France.", "It has many museums.", "The Seine flows through it."],
+         [("q1", "What is the capital of France?", 0), ("q2", "Which river flows through Paris?", 2), ("q3", "What does Paris have many of?", 1)]),
+        (["Berlin is in Germany.", "It is large."], [("q4", "Where is Berlin?", 0)]),
+    ])
+    write_lareqa(d / "de.json", "Art", [
+        (["Paris ist die Hauptstadt Frankreichs.", "Die Seine fliesst hindurch.", "Es hat viele Museen."],
+         [("q1", "Was ist die Hauptstadt Frankreichs?", 0), ("q3", "Wovon hat Paris viele?", 2)]),
+    ])
+    write_lareqa(d / "ar.json", "Art", [
+        (["باريس عاصمة فرنسا.", "نهر السين يمر عبرها."], [("q2", "ما النهر الذي يمر عبر باريس؟", 1)]),
+    ])
+    return d

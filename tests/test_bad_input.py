@@ -17,23 +17,23 @@ from omegaconf.basecontainer import BaseContainer
 from transformers import BertConfig, BertModel
 
 from hybatch.callbacks import StepCheckpoint
-from hybatch.checkpoints import (
+from hybatch.collate import PairCollator
+from hybatch.config import CONFIG_DIR
+from hybatch.data.corpus import CorpusError, ParallelCorpus
+from hybatch.data.hygiene import BenchmarkHygiene
+from hybatch.data.lareqa_benchmarks import LareqaFormatError, load_lareqa_language
+from hybatch.data.parallel_jsonl import JsonlFormatError, load_parallel_jsonl, read_parallel_jsonl
+from hybatch.data.training_data import TrainingData
+from hybatch.datamodule import RetrievalDataModule
+from hybatch.downloads import DataSourceError
+from hybatch.encoder import DualEncoder, EncoderConfigError
+from hybatch.encoder.checkpoints import (
     CheckpointLoadError,
     CheckpointMismatchError,
     load_encoder_weights,
     load_tensors_only,
 )
-from hybatch.collate import PairCollator
-from hybatch.config import CONFIG_DIR
-from hybatch.data.corpus import CorpusError, ParallelCorpus
-from hybatch.data.hygiene import BenchmarkHygiene
-from hybatch.data.lareqa import LareqaFormatError, load_lareqa_language
-from hybatch.data.parallel_jsonl import JsonlFormatError, load_parallel_jsonl, read_parallel_jsonl
-from hybatch.data.sources import DataSourceError
-from hybatch.data.training_data import TrainingData
-from hybatch.datamodule import RetrievalDataModule
-from hybatch.encoder import DualEncoder, EncoderConfigError
-from hybatch.module import DualEncoderModule
+from hybatch.lightning_module import DualEncoderModule
 from hybatch.samplers import CrossLingualBatchSampler, HybridBatchSampler, SamplerConfigError
 from hybatch.training import run_training
 
@@ -156,7 +156,7 @@ def offline(monkeypatch):
     def fail(url, *args, **kwargs):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
-    monkeypatch.setattr("hybatch.data.sources.download", fail)
+    monkeypatch.setattr("hybatch.downloads.download", fail)
 
 
 def training_data(tmp_path: Path, n: int) -> TrainingData:
@@ -208,7 +208,7 @@ def test_cross_lingual_sampler_with_one_language(tmp_path):
 @pytest.mark.parametrize("alpha", [-0.1, 1.5])
 def test_alpha_outside_unit_interval(tmp_path, alpha):
     path = jsonl(tmp_path / "train.jsonl", [line(str(i)) for i in range(10)])
-    with pytest.raises(SamplerConfigError, match=rf"sampler.alpha={alpha}: expected a probability in \[0, 1\]"):
+    with pytest.raises(SamplerConfigError, match=rf"sampler.alpha={alpha}: expected a fraction in \[0, 1\]"):
         datamodule(path, sampler=partial(HybridBatchSampler, alpha=alpha)).check()
 
 
@@ -225,7 +225,7 @@ def test_unknown_backbone(tmp_path):
 
 @pytest.fixture(scope="module")
 def tokenizer(cache_dir):
-    from hybatch.models.bundled import bundled_tokenizer
+    from hybatch.backbones.bundled import bundled_tokenizer
 
     return bundled_tokenizer(cache_dir)
 
@@ -384,3 +384,12 @@ def test_nonfinite_loss_skips_the_step_when_configured(tmp_path, tokenizer):
     assert len(weights) == 3
     assert all(torch.equal(weights[1][k], weights[2][k]) for k in weights[1])  # the NaN step changed nothing
     assert all(torch.isfinite(v).all() for v in module.encoder.state_dict().values())
+
+
+def test_offline_xquad_r_names_the_override_to_type(tmp_path):
+    from hybatch.data.xquad_r_split import load_xquad_r_split
+
+    with pytest.raises(DataSourceError, match=r"pass data\.data_dir=<their directory>"):
+        load_xquad_r_split(None, cache_dir=tmp_path, languages=["en"], url="http://127.0.0.1:9/{name}")
+    with pytest.raises(DataSourceError, match=r"data\.data_dir='.*nowhere' is not a directory"):
+        load_xquad_r_split(tmp_path / "nowhere", languages=["en"])

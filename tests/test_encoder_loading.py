@@ -18,12 +18,12 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 from torch import nn
 
-from hybatch.checkpoints import MODEL_CONFIG_KEY, CheckpointMismatchError, load_tensors_only
+from hybatch.backbones.loading import load_encoder
 from hybatch.config import CONFIG_DIR
-from hybatch.data.lareqa import load_lareqa_benchmark
-from hybatch.evaluation.lareqa import evaluate_lareqa
+from hybatch.data.lareqa_benchmarks import load_lareqa_benchmark
+from hybatch.encoder.checkpoints import MODEL_CONFIG_KEY, CheckpointMismatchError, load_tensors_only
+from hybatch.evaluation.lareqa_scoring import evaluate_lareqa
 from hybatch.evaluation.runner import run_evaluation
-from hybatch.models.loading import load_encoder
 from hybatch.training import run_training
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def tokenizer(cache_dir):
-    from hybatch.models.bundled import bundled_tokenizer
+    from hybatch.backbones.bundled import bundled_tokenizer
 
     return bundled_tokenizer(cache_dir)
 
@@ -34,7 +34,7 @@ def tokenizer(cache_dir):
 @pytest.fixture
 def tiny(tokenizer, monkeypatch):
     """`model=tiny`'s builder, with the tokenizer loaded once for the module (loading it takes seconds)."""
-    from hybatch.models import builders
+    from hybatch.backbones import builders
 
     monkeypatch.setattr(builders, "bundled_tokenizer", lambda cache_dir=None: tokenizer)
     return lambda init_seed, **kwargs: builders.tiny_dual_encoder(init_seed=init_seed, **kwargs)
@@ -156,7 +156,8 @@ def test_train_with_wise_ft_tests_and_exports_the_chosen_interpolation(tmp_path,
     args = [
         "model=tiny", f"data.data_dir={xquad_r_dir}", "data.languages=[en,de]", "data.source.languages=[en,de]",
         "data.source.max_articles=12", "data.batch_size=8", "+trainer.limit_train_batches=4", "module.lr=1e-3",
-        "callbacks.progress_bar=null", "baseline=false", "interpolation=wise_ft", f"hydra.run.dir={run_dir}",
+        "callbacks.progress_bar=null", "baseline=false", "interpolation=wise_ft", "interpolation.rule=best_mean",
+        f"hydra.run.dir={run_dir}",
     ]
     proc = subprocess.run([sys.executable, "train.py", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
@@ -193,7 +194,7 @@ def test_cli_writes_folders_that_load_in_sentence_transformers_and_back(tmp_path
     from sentence_transformers import SentenceTransformer
 
     from hybatch.encoder import DualEncoder
-    from hybatch.interpolate import main
+    from hybatch.interpolation.__main__ import main
 
     start, fine = tiny(0), tiny(1, query_prefix="query: ")
     start.save_pretrained(tmp_path / "start")
@@ -228,3 +229,41 @@ def test_sweep_report_shows_the_chosen_lambdas():
     assert "| tiny | hybrid | 2 | 0.5, 0.75 | 0.800 ± 0.000 |" in markdown
     assert "| tiny | zero-shot | 1 | – | 0.800 |" in markdown
     assert "λ" not in to_markdown(*summarise({RunKey("tiny", "zero-shot"): [scores]}))
+
+
+def test_code_defaults_are_the_config_defaults():
+    import inspect
+
+    from omegaconf import OmegaConf
+
+    from hybatch.config import CONFIG_DIR
+    from hybatch.interpolation import WeightInterpolation
+
+    yaml = OmegaConf.load(f"{CONFIG_DIR}/interpolation/wise_ft.yaml")
+    params = inspect.signature(WeightInterpolation).parameters
+    for key in ("lambdas", "rule", "margin"):
+        default = params[key].default
+        assert (list(default) if key == "lambdas" else default) == OmegaConf.to_object(yaml)[key], key
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"trainer": {"strategy": "fsdp"}}, "trainer=fsdp keeps sharded"),
+        ({"trainer": {"strategy": {"_target_": "lightning.pytorch.strategies.FSDPStrategy"}}}, "trainer=fsdp keeps sharded"),
+        ({"model": {"projection_dim": 64}}, "model.projection_dim=64"),
+    ],
+)
+def test_interpolation_settings_are_refused_before_training(overrides, message):
+    """`interpolation_config` runs in `build_checked`, before any model is loaded or trained."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from hybatch.interpolation import interpolation_config
+
+    cfg = OmegaConf.merge(
+        {"interpolation": {"_target_": "hybatch.interpolation.WeightInterpolation"}, "trainer": {}, "model": {}}, overrides
+    )
+    with pytest.raises(InterpolationError, match=message):
+        interpolation_config(cfg, SimpleNamespace(val_benchmark=object()))

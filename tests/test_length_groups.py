@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from hybatch.backbones.builders import tiny_dual_encoder
 from hybatch.collate import PairCollator, tag_role
 from hybatch.encoder import embed_length_grouped
+from hybatch.lightning_module import DualEncoderModule
 from hybatch.loss import cached_contrastive_backward
-from hybatch.models.builders import tiny_dual_encoder
-from hybatch.module import DualEncoderModule
 
 TEXTS = [
     "a",
@@ -91,7 +91,7 @@ def test_left_padded_batches_are_embedded_as_they_are(encoder):
 def test_groups_below_one_are_refused(encoder):
     with pytest.raises(ValueError, match="length groups must be >= 1, got 0"):
         embed_length_grouped(encoder, features(encoder), "passage", 0)
-    with pytest.raises(ValueError, match="module.length_groups=0"):
+    with pytest.raises(ValueError, match="module.length_groups=0: expected"):
         DualEncoderModule(encoder, length_groups=0)
 
 
@@ -121,3 +121,16 @@ def test_the_module_loss_and_gradients_do_not_depend_on_the_groups(encoder, chun
     assert grads_a.keys() == grads_b.keys()
     for name in grads_a:
         torch.testing.assert_close(grads_b[name], grads_a[name], atol=1e-5, rtol=1e-4)
+
+
+def test_auto_is_grouped_on_cpu_and_one_pass_on_an_accelerator(encoder, monkeypatch):
+    from hybatch.lightning_module import AUTO_CPU_LENGTH_GROUPS
+
+    module = DualEncoderModule(encoder)
+    assert module.hparams.length_groups == "auto"
+    assert module.length_groups == AUTO_CPU_LENGTH_GROUPS == 4
+    monkeypatch.setattr(DualEncoderModule, "device", property(lambda self: torch.device("cuda", 0)))
+    assert module.length_groups == 1
+    assert DualEncoderModule(encoder, length_groups=2).length_groups == 2
+    with pytest.raises(ValueError, match="module.length_groups='many': expected 'auto' or an integer >= 1"):
+        DualEncoderModule(encoder, length_groups="many")

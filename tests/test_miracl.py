@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ import pytest
 import pytrec_eval
 import torch
 import torch.nn.functional as F
+from helpers import HashEncoder
 
 from hybatch.data.miracl import MiraclFormatError, load_miracl_language
 from hybatch.evaluation.miracl import MiraclTask, evaluate_miracl_language
@@ -20,27 +20,6 @@ from hybatch.retrieval import DenseIndex, EmbeddingShards, encode_shards, search
 from hybatch.retrieval.index import ShardStoreError
 
 WORDS = ["river", "mountain", "city", "music", "history", "science", "football", "language", "ocean", "forest", "king", "war", "bridge", "train", "star"]
-
-
-class HashEncoder:
-    """Deterministic bag of character trigrams hashed into `dim` signed buckets; counts encoded texts."""
-
-    def __init__(self, dim: int = 48, fail_after: int | None = None) -> None:
-        self.dim, self.fail_after = dim, fail_after
-        self.calls: list[list[str]] = []
-
-    def encode(self, texts, role, batch_size: int = 64, progress: bool = True) -> torch.Tensor:
-        if self.fail_after is not None and len(self.calls) >= self.fail_after:
-            raise KeyboardInterrupt  # an interrupted run
-        self.calls.append(list(texts))
-        out = torch.zeros(len(texts), self.dim)
-        for i, text in enumerate(texts):
-            padded = f"  {text.lower()} "
-            for j in range(len(padded) - 2):
-                h = zlib.crc32(padded[j : j + 3].encode())
-                out[i, h % self.dim] += 1.0 if (h >> 16) & 1 else -1.0
-        out[:, 0] += 1e-3
-        return F.normalize(out, dim=1)
 
 
 def _corpus(n: int = 30) -> list[dict[str, str]]:
@@ -153,7 +132,7 @@ def test_shards_resume_after_interruption(tmp_path):
 
     resumed = HashEncoder()
     store = encode_shards(tmp_path / "emb", records, resumed, shard_size=5, progress=False)
-    assert [t for call in resumed.calls[1:] for t in call] == [t for _, t in records[10:]]  # finished shards skipped
+    assert [t for _, call in resumed.calls[1:] for t in call] == [t for _, t in records[10:]]  # finished shards skipped
     clean = encode_shards(tmp_path / "clean", records, HashEncoder(), shard_size=5, progress=False)
     assert np.array_equal(np.concatenate(list(store.arrays())), np.concatenate(list(clean.arrays())))
     assert store.ids() == [i for i, _ in records]

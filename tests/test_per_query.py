@@ -1,4 +1,4 @@
-"""Per-query LAReQA results (per_query.jsonl): checked against a naive per-query loop with sklearn, and
+"""Per-query LAReQA results (per_query.jsonl): checked against a naive per-query loop with sklearn and trec_eval, and
 against the averages they are the terms of; written by evaluate.py's runner per benchmark."""
 
 from __future__ import annotations
@@ -8,31 +8,16 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-import torch
+from helpers import random_benchmark, trec_eval_ranks
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 from sklearn.metrics import average_precision_score
-from test_lareqa_eval import mlqa_like_dir, pessimistic_ranks  # noqa: F401  (mlqa_like_dir: the fixture)
 
 from hybatch.config import CONFIG_DIR
-from hybatch.data.lareqa import Candidate, LareqaLanguage, Question, build_lareqa_benchmark
-from hybatch.evaluation.lareqa import score_lareqa
+from hybatch.evaluation.lareqa_scoring import score_lareqa
 from hybatch.evaluation.runner import run_evaluation
 
 LANGS = ["en", "de", "ar"]
-
-
-def random_benchmark(seed: int = 3):
-    gen = torch.Generator().manual_seed(seed)
-    data = {}
-    for li, lang in enumerate(LANGS):
-        n_cand = 5 + 2 * li
-        cands = [Candidate(lang, f"A{p % 2}", p, 0, f"{lang}-{p}", "") for p in range(n_cand)]
-        qs = [Question(f"q{k}", lang, f"{lang} q{k}", f"A{k % 2}", 2 * int(torch.randint(0, n_cand // 2, (1,), generator=gen)) + k % 2)
-              for k in range(8) if torch.rand(1, generator=gen) < 0.8]
-        data[lang] = LareqaLanguage(lang, qs, cands)
-    bench = build_lareqa_benchmark("rand", data)
-    return bench, torch.randn(len(bench.questions), 6, generator=gen), torch.randn(len(bench.candidates), 6, generator=gen)
 
 
 def test_rows_equal_a_naive_per_query_computation_and_average_to_the_metrics(tmp_path: Path) -> None:
@@ -50,11 +35,11 @@ def test_rows_equal_a_naive_per_query_computation_and_average_to_the_metrics(tmp
             rel_c = [j for j in rel if j in members]
             if rel_c:
                 ap = average_precision_score([int(j in rel_c) for j in members], scores[i, members].numpy())
-                ranks = pessimistic_ranks(scores[i], members, rel_c)
+                ranks = trec_eval_ranks(scores[i], members, rel_c)
                 r1 = sum(k <= 1 for k in ranks) / len(ranks)  # recall: the share of relevant items ranked first
                 want.append({**head, "setting": "mono" if cl == q.lang else "cross", "candidate_lang": cl, "AP": ap, "R@1": r1})
         everything = list(range(len(bench.candidates)))
-        r = pessimistic_ranks(scores[i], everything, rel)
+        r = trec_eval_ranks(scores[i], everything, rel)
         ap = average_precision_score([int(j in rel) for j in everything], scores[i].numpy())
         want.append({**head, "setting": "multi", "candidate_lang": "all", "AP": ap, "R@10": sum(k <= 10 for k in r) / len(r),
                      "rank_distance": max(r) - min(r)})
@@ -73,7 +58,7 @@ def test_rows_equal_a_naive_per_query_computation_and_average_to_the_metrics(tmp
         assert metrics[f"multi/{ql}/R@10"] == pytest.approx(sum(r["R@10"] for r in group) / len(group))
 
 
-def test_evaluate_writes_one_file_per_benchmark(mlqa_like_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_evaluate_writes_one_file_per_benchmark(mlqa_like_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="evaluate", overrides=[
@@ -81,7 +66,7 @@ def test_evaluate_writes_one_file_per_benchmark(mlqa_like_dir: Path, tmp_path: P
             f"paths.output_dir={out}", f"paths.cache_dir={tmp_path / 'cache'}",
         ])
     with open_dict(cfg):
-        cfg.model = OmegaConf.create({"_target_": "test_lareqa_eval.HashEncoder", "dim": 32})
+        cfg.model = OmegaConf.create({"_target_": "helpers.HashEncoder", "dim": 32})
     metrics = run_evaluation(cfg)
     rows = [json.loads(line) for line in (out / "mlqa_r" / "per_query.jsonl").read_text().splitlines()]
     multi = [r for r in rows if r["setting"] == "multi"]

@@ -7,11 +7,11 @@ import json
 
 import numpy as np
 import pytest
+from helpers import random_benchmark
 from omegaconf import OmegaConf
 from scipy import stats
-from test_per_query import random_benchmark
 
-from hybatch.evaluation.lareqa import score_lareqa
+from hybatch.evaluation.lareqa_scoring import score_lareqa
 from hybatch.report import uncertainty as U
 from hybatch.report.sweep import write_report
 

@@ -5,11 +5,11 @@ import importlib.metadata
 import json
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import yaml
+from helpers import ForkedPython
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,14 +23,9 @@ def test_same_config_and_seed_give_identical_runs(tmp_path, xquad_r_dir, cache_d
         "callbacks.progress_bar=null", "baseline=false", "seed=3",
     ]
     runs = [tmp_path / "a", tmp_path / "b"]
-    procs = [
-        subprocess.Popen([sys.executable, "train.py", *args, f"hydra.run.dir={run}"], cwd=REPO, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for run in runs
-    ]  # fmt: skip
+    procs = [ForkedPython(["train.py", *args, f"hydra.run.dir={run}"], REPO, env, run.with_suffix(".log")) for run in runs]
     for proc in procs:
-        log, _ = proc.communicate(timeout=600)
-        assert proc.returncode == 0, log[-5000:]
+        assert proc.wait(timeout=600) == 0, proc.log.read_text()[-5000:]
 
     a, b = runs
     assert (a / "metrics.json").read_bytes() == (b / "metrics.json").read_bytes()

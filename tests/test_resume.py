@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import ForkedPython
 
 from hybatch.callbacks import _rng_states, _set_rng_states
-from hybatch.checkpoints import AtomicCheckpointIO, load_tensors_only
 from hybatch.data.corpus import ParallelCorpus, ParallelExample, Translation
 from hybatch.datamodule import PairDataset, ResumableDataLoader
+from hybatch.encoder.checkpoints import AtomicCheckpointIO, load_tensors_only
 from hybatch.samplers import HybridBatchSampler
 from hybatch.training import resolve_ckpt_path
 
@@ -51,12 +52,11 @@ def train_args(xquad_r_dir, run_dir):
     ]
 
 
-def start(args, env, log: Path) -> subprocess.Popen:
-    with log.open("w") as out:
-        return subprocess.Popen([sys.executable, "train.py", *args], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+def start(args, env, log: Path) -> ForkedPython:
+    return ForkedPython(["train.py", *args], REPO, env, log)
 
 
-def finish(proc: subprocess.Popen, log: Path) -> None:
+def finish(proc: ForkedPython, log: Path) -> None:
     assert proc.wait(timeout=600) == 0, log.read_text()[-5000:]
 
 
@@ -129,7 +129,7 @@ def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 KILLED_WRITER = '''
 import sys, torch
 from pathlib import Path
-from hybatch.checkpoints import AtomicCheckpointIO
+from hybatch.encoder.checkpoints import AtomicCheckpointIO
 path, ready = Path(sys.argv[1]), Path(sys.argv[2])
 io = AtomicCheckpointIO()
 for step in range(10**6):

@@ -26,7 +26,7 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def tokenizer(cache_dir):
-    from hybatch.models.bundled import bundled_tokenizer
+    from hybatch.backbones.bundled import bundled_tokenizer
 
     return bundled_tokenizer(cache_dir)
 
@@ -60,7 +60,7 @@ def test_cached_batches_are_the_tensors_of_fresh_tokenization(tokenizer, padding
 
 
 def test_the_loss_is_the_same_with_the_cache(cache_dir) -> None:
-    from hybatch.models.builders import tiny_dual_encoder
+    from hybatch.backbones.builders import tiny_dual_encoder
 
     encoder = tiny_dual_encoder(cache_dir=cache_dir, init_seed=0).eval()
     cached = PairCollator.from_encoder(encoder)

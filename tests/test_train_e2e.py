@@ -42,6 +42,15 @@ def test_train_tiny_writes_model_metrics_and_config(tmp_path, xquad_r_dir, cache
         assert key in metrics, sorted(metrics)
     assert 0.0 <= metrics["test/multi/mAP"] <= 1.0
     assert "test/pair/en-de/mAP" in metrics
+    # What the run trained on (one epoch, max_epochs=1, ends before max_steps): every batch counted
+    # once, mono or cross, in the run's languages; the balanced schedule gives half of them mono.
+    batches = int(metrics["composition/batches"])
+    assert 0 < batches <= 20
+    mono = sum(metrics[f"composition/mono/{lang}"] for lang in ("en", "de", "ar"))
+    assert metrics["composition/mono_fraction"] == mono / batches and abs(mono - batches / 2) <= 0.5
+    for side in ("query", "passage"):
+        assert sum(metrics[f"composition/cross/{side}/{lang}"] for lang in ("en", "de", "ar")) == (batches - mono) * 16
+    assert metrics["best/val/loss"] == min(metrics["best/val/loss"], metrics["val/loss"])
 
     from sentence_transformers import SentenceTransformer
     from transformers import AutoModel

@@ -5,12 +5,11 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from helpers import run_python
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
@@ -129,10 +128,10 @@ def test_a_retrieval_monitor_needs_a_validation_benchmark() -> None:
 # --- train.py: the validation batches of two samplers; a LAReQA metric as the monitor ------------------
 
 
-def run_train(args: list[str], cache_dir: Path) -> None:
+def run_train(args: list[str], cache_dir: Path, log: Path) -> None:
     env = {**os.environ, "HYBATCH_CACHE": str(cache_dir), "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([sys.executable, "train.py", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    code, output = run_python(["train.py", *args], REPO, env, log)
+    assert code == 0, output[-8000:]
 
 
 def test_train_mono_and_cross_validate_on_identical_batches_and_write_run_files(tmp_path: Path, xquad_r_dir: Path, cache_dir: Path) -> None:
@@ -143,7 +142,8 @@ def test_train_mono_and_cross_validate_on_identical_batches_and_write_run_files(
         "callbacks.progress_bar=null", "export_model=false", "baseline=false", "seed=3",
     ]
     run_train([*common, "sampler=mono", f"hydra.run.dir={tmp_path / 'mono'}",
-               "callbacks.model_checkpoint.monitor=val/multi/mAP", "callbacks.model_checkpoint.mode=max"], cache_dir)
+               "callbacks.model_checkpoint.monitor=val/multi/mAP", "callbacks.model_checkpoint.mode=max"], cache_dir,
+              tmp_path / "mono.log")
     # The cross sampler's run would write the same plan: its data module, built as train.py builds it.
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from hybatch.evaluation.lareqa import evaluate_lareqa
+from hybatch.evaluation.lareqa_scoring import evaluate_lareqa
 
 if TYPE_CHECKING:
-    from hybatch.data.lareqa import LareqaBenchmark
+    from hybatch.data.lareqa_benchmarks import LareqaBenchmark
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ class LareqaEvaluation(Callback):
     the keys not logged reach `trainer.callback_metrics` too, without the loggers: the way they come
     back to the launching process when the test ran in worker processes (`trainer.strategy=ddp_spawn`),
     where this object's `test_metrics` stays empty. With `test_per_query_path`, global rank 0 also
-    writes every test query's values there (`hybatch.evaluation.lareqa.write_per_query`).
+    writes every test query's values there (`hybatch.evaluation.lareqa_scoring.write_per_query`).
     """
 
     def __init__(

@@ -37,14 +37,15 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
 from torch.utils.data import Sampler
 
 from hybatch.allocation import ApportionedSequence, CrossPairSequence
+from hybatch.data.corpus import DatasetGroup
 
 log = logging.getLogger(__name__)
 
@@ -63,15 +64,6 @@ class BatchItem(NamedTuple):
     example: int
     query_lang: str
     passage_lang: str
-
-
-@dataclass(frozen=True)
-class DatasetGroup:
-    """The examples of one training dataset and the languages they all have."""
-
-    examples: Sequence[int]
-    languages: Sequence[str]
-    language_counts: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

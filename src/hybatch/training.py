@@ -7,7 +7,7 @@ import gc
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import lightning.pytorch as pl
 from hydra.utils import instantiate
@@ -16,21 +16,23 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from hybatch.callbacks import BatchComposition, ExactResume, LareqaEvaluation, StepCheckpoint
-from hybatch.checkpoints import (
+from hybatch.collate import PairCollator
+from hybatch.config import instantiate_dict
+from hybatch.datamodule import RetrievalDataModule
+from hybatch.encoder import DualEncoder
+from hybatch.encoder.checkpoints import (
     AtomicCheckpointIO,
     check_same_backbone,
     load_deepspeed_encoder_weights,
     load_encoder_weights,
     load_tensors_only,
 )
-from hybatch.collate import PairCollator
-from hybatch.config import instantiate_dict
-from hybatch.datamodule import RetrievalDataModule
-from hybatch.encoder import DualEncoder
-from hybatch.interpolation import interpolate_after_fit, interpolation_config
+from hybatch.interpolation import WeightInterpolation, interpolate_after_fit, interpolation_config
+from hybatch.lightning_module import DualEncoderModule
 from hybatch.loggers import finish_loggers, log_results
-from hybatch.module import DualEncoderModule
-from hybatch.report.lareqa import lareqa_table, report_lareqa
+from hybatch.model_card import write_model_card
+from hybatch.publish import check_can_publish, publish_run
+from hybatch.report.benchmark_tables import lareqa_table, report_lareqa
 from hybatch.run_outputs import (
     BASELINE_PER_QUERY,
     PER_QUERY,
@@ -93,16 +95,27 @@ def run_training(cfg: DictConfig) -> float | None:
         release_freed_memory()
 
 
-def build_checked(
-    cfg: DictConfig, output_dir: Path
-) -> tuple[RetrievalDataModule, DualEncoder, DualEncoderModule, str | None]:
-    """The datamodule, encoder, module and checkpoint to resume from, with everything that can be
-    wrong with the inputs found before the run writes anything: the data and the sampler first, in
-    seconds, before a model is loaded; a checkpoint of another backbone before any training."""
+class CheckedRun(NamedTuple):
+    datamodule: RetrievalDataModule
+    encoder: DualEncoder
+    module: DualEncoderModule
+    ckpt_path: str | None
+    interpolation: WeightInterpolation | None
+
+
+def build_checked(cfg: DictConfig, output_dir: Path) -> CheckedRun:
+    """The datamodule, encoder, module, checkpoint to resume from and interpolation settings, with
+    everything that can be wrong with the inputs found before the run writes anything: the data, the
+    sampler and the interpolation settings first, in seconds, before a model is loaded; a checkpoint of
+    another backbone before any training."""
     refuse_test_selection(cfg.get("optimized_metric"))
+    if OmegaConf.select(cfg, "hub.push", default=False):
+        if not cfg.get("export_model"):
+            raise ValueError("hub.push=true uploads the exported model: it needs export_model=true")
+        check_can_publish(cfg.hub.repo_id)
     datamodule = instantiate(cfg.data, sampler=instantiate(cfg.sampler), seed=cfg.seed)
     datamodule.check(monitor=OmegaConf.select(cfg, "callbacks.model_checkpoint.monitor"))
-    interpolation_config(cfg, datamodule)
+    interpolation = interpolation_config(cfg, datamodule)
     encoder = instantiate(cfg.model)
     datamodule.collator = PairCollator.from_encoder(encoder)
     # The model config goes into the checkpoints: `evaluate.py ckpt_path=...` rebuilds the encoder from it.
@@ -113,14 +126,14 @@ def build_checked(
     if ckpt_path is not None and Path(ckpt_path).is_file():
         # Memory-mapped: the tensors are not read, only the keys, shapes and hyperparameters.
         check_same_backbone(load_tensors_only(ckpt_path, mmap=True), encoder, ckpt_path)
-    return datamodule, encoder, module, ckpt_path
+    return CheckedRun(datamodule, encoder, module, ckpt_path, interpolation)
 
 
 def _fit_test_export(cfg: DictConfig) -> dict[str, float]:
     """The run; returns what goes into metrics.json."""
     output_dir = Path(cfg.paths.output_dir)
     pl.seed_everything(cfg.seed, workers=True)
-    datamodule, encoder, module, ckpt_path = build_checked(cfg, output_dir)
+    datamodule, encoder, module, ckpt_path, interpolation = build_checked(cfg, output_dir)
     exact_resume = ExactResume()
     lareqa = LareqaEvaluation(
         datamodule.val_benchmark, datamodule.test_benchmark, cfg.module.eval_batch_size, output_dir / PER_QUERY
@@ -144,7 +157,7 @@ def _fit_test_export(cfg: DictConfig) -> dict[str, float]:
     # A resumed run has not logged what came before its checkpoint itself.
     metrics = {**exact_resume.resumed_metrics, **scalar_metrics(trainer), **composition.metrics(), **best_score(trainer)}
     load_best_checkpoint(trainer, encoder)
-    metrics.update(interpolate_after_fit(cfg, encoder, datamodule, trainer, output_dir, loggers))
+    metrics.update(interpolate_after_fit(interpolation, cfg, encoder, datamodule, trainer, output_dir, loggers))
     if cfg.get("test") and datamodule.data.test is not None:
         trainer.test(module, datamodule=datamodule)
         metrics.update(scalar_metrics(trainer))
@@ -153,6 +166,8 @@ def _fit_test_export(cfg: DictConfig) -> dict[str, float]:
         metrics.update(baseline_metrics(cfg, datamodule.test_benchmark, output_dir / BASELINE_PER_QUERY))
     if trainer.is_global_zero:
         write_outputs(cfg, encoder, metrics, datamodule.test_benchmark, output_dir, loggers)
+        if OmegaConf.select(cfg, "hub.push", default=False):
+            publish_run(output_dir, cfg.hub.repo_id, private=bool(cfg.hub.private))
     finish_loggers(loggers)
     return metrics
 
@@ -189,6 +204,8 @@ def write_outputs(
         encoder.save_pretrained(output_dir / "model")
         log.info("exported the encoder to %s", output_dir / "model")
     write_metrics(output_dir / "metrics.json", metrics)
+    if cfg.get("export_model"):
+        write_model_card(output_dir)  # reads metrics.json: after it
     if test_benchmark is not None:
         report_test_split(metrics, test_benchmark.languages, output_dir, loggers)
 
@@ -196,7 +213,7 @@ def write_outputs(
 def baseline_metrics(cfg: DictConfig, benchmark: Any, per_query_path: Path | None = None) -> dict[str, float]:
     """The configured backbone, untrained, on the same test benchmark: what training bought (with
     `per_query_path`, its per-query rows too, so the report can put intervals on it)."""
-    from hybatch.evaluation.lareqa import evaluate_lareqa
+    from hybatch.evaluation.lareqa_scoring import evaluate_lareqa
 
     log.info("evaluating the untrained backbone on the test split (baseline)")
     fresh = instantiate(cfg.model)

@@ -9,8 +9,6 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from hybatch.samplers import DatasetGroup
-
 log = logging.getLogger(__name__)
 
 
@@ -46,6 +44,15 @@ class ParallelExample:
 def normalise_passage(text: str) -> str:
     """The form in which two positives count as the same passage: NFKC, case-folded, single spaces."""
     return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+@dataclass(frozen=True)
+class DatasetGroup:
+    """The examples of one training dataset and the languages they all have."""
+
+    examples: Sequence[int]
+    languages: Sequence[str]
+    language_counts: Mapping[str, int] = field(default_factory=dict)
 
 
 NO_KEY = -1

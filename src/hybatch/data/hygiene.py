@@ -21,9 +21,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from hybatch.data.corpus import ParallelCorpus, ParallelExample
-from hybatch.data.lareqa import SOURCES, lareqa_files, load_lareqa_language
-from hybatch.data.sources import ChecksumError, DataSourceError
+from hybatch.data.lareqa_benchmarks import SOURCES, lareqa_files, load_lareqa_language
 from hybatch.data.training_data import TrainingData
+from hybatch.downloads import ChecksumError, DataSourceError
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def lareqa_held_out(
     if name not in SOURCES:
         raise ContaminationError(f"{config_key}.benchmarks has {name!r}; known benchmarks: {sorted(SOURCES)}")
     try:
-        files = lareqa_files(name, data_dir=data_dir, cache_dir=cache_dir)
+        files = lareqa_files(name, data_dir=data_dir, cache_dir=cache_dir, data_dir_key=f"{config_key}.benchmarks.{name}")
     except DataSourceError as err:
         hint = (
             f"The training data are checked against {name}'s test data: set {config_key}.benchmarks.{name}=<its "

@@ -20,8 +20,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from hybatch.data.corpus import ParallelCorpus, ParallelExample, Translation
-from hybatch.data.sources import resolve_files
 from hybatch.data.training_data import TrainingData
+from hybatch.downloads import resolve_files
 
 
 class JsonlFormatError(ValueError):

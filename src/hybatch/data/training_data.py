@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hybatch.data.corpus import ParallelCorpus
-from hybatch.data.lareqa import LareqaBenchmark
+from hybatch.data.lareqa_benchmarks import LareqaBenchmark
 
 
 @dataclass

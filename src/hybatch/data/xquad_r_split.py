@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from hybatch.data.corpus import ParallelCorpus, ParallelExample, Translation
-from hybatch.data.lareqa import (
+from hybatch.data.lareqa_benchmarks import (
     CANDIDATE_TEXTS,
     XQUAD_R,
     LareqaLanguage,
@@ -156,7 +156,7 @@ def load_xquad_r_split(
 
     `languages` are the languages loaded (None: all 11): the data module trains on its configured
     languages among them, and the val / test benchmarks use all of them (el and vi: zero-shot).
-    `url` (with `{name}`) replaces the pinned, checksummed download of `hybatch.data.lareqa.XQUAD_R`.
+    `url` (with `{name}`) replaces the pinned, checksummed download of `hybatch.data.lareqa_benchmarks.XQUAD_R`.
     `max_articles` keeps the first articles only, in file order, for a quick look.
     """
     languages = list(XQUAD_R.languages if languages is None else languages)
@@ -165,7 +165,7 @@ def load_xquad_r_split(
         raise SplitConfigError(f"XQuAD-R has no language {unknown}; it has {list(XQUAD_R.languages)}")
     if passage_text not in CANDIDATE_TEXTS:
         raise SplitConfigError(f"data.source.passage_text={passage_text!r}: expected one of {CANDIDATE_TEXTS}")
-    files = lareqa_files("xquad_r", languages, data_dir, cache_dir, url_template=url)
+    files = lareqa_files("xquad_r", languages, data_dir, cache_dir, url_template=url, data_dir_key="data.data_dir")
     data = {lang: load_lareqa_language(path, lang) for lang, path in files.items()}
     titles = list(dict.fromkeys(q.article for lang_data in data.values() for q in lang_data.questions))
     if max_articles is not None:

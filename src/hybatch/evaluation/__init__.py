@@ -1,1 +1,1 @@
-"""Benchmarks: LAReQA (XQuAD-R, MLQA-R) and MIRACL, and the `evaluate.py` runner."""
+"""Benchmarks: LAReQA (XQuAD-R, MLQA-R), MIRACL and BEIR-layout folders, and the `evaluate.py` runner."""

@@ -1,8 +1,8 @@
 """MIRACL (Zhang et al. 2023) evaluation: monolingual passage retrieval from each language's Wikipedia.
 
-The data (topics, qrels, corpus; local or from the hub) are read by `hybatch.data.miracl`. The corpus
-is encoded into resumable on-disk shards, searched top-k (FAISS or exact shard scan), and
-nDCG@10 / Recall@k are computed against the FULL qrels: a relevant passage outside the top k is a miss.
+The data (topics, qrels, corpus; local or from the hub) are read by `hybatch.data.miracl`; encoding,
+search (FAISS or exact shard scan), the TREC run file and nDCG@10 / Recall@k against the FULL qrels
+are `hybatch.evaluation.ranked_retrieval`'s, the path BEIR folders take too.
 """
 
 from __future__ import annotations
@@ -10,24 +10,15 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from hybatch.data.miracl import MIRACL_LANGUAGES, MiraclFormatError, MiraclLanguage, load_miracl_language
-from hybatch.retrieval.index import DenseIndex, TextEncoder, encode_shards, search_shards
-from hybatch.retrieval.metrics import ranked_list_metrics
+from hybatch.evaluation.ranked_retrieval import check_settings, evaluate_ranked_retrieval
+from hybatch.retrieval.index import TextEncoder
 
 log = logging.getLogger(__name__)
-
-INDEX_KINDS = (*DenseIndex.KINDS, "shards")
-
-
-def passage_text(title: str, text: str, template: str) -> str:
-    return template.format(title=title, text=text).strip()
 
 
 def evaluate_miracl_language(
@@ -43,12 +34,15 @@ def evaluate_miracl_language(
     batch_size: int = 64,
     shard_size: int = 100_000,
     dtype: str = "float32",
+    run_path: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> dict[str, float]:
-    """`nDCG@<ndcg_at>` and `R@<top_k>` (means over the queries with a relevant passage) for one language."""
-    if index not in INDEX_KINDS:
-        raise ValueError(f"MIRACL index={index!r}: expected one of {INDEX_KINDS}")
-    passage_text("t", "x", passage_template)  # a bad template fails now, not after the queries are encoded
+    """`nDCG@<ndcg_at>` and `R@<top_k>` (means over the queries with a relevant passage) for one language.
+
+    Shards go to `<work_dir>/embeddings`, the TREC run to `run_path` (default `<work_dir>/run.trec`).
+    """
+    check_settings(f"MIRACL {data.lang}", index=index, dtype=dtype, passage_template=passage_template, top_k=top_k,
+                   cutoffs=(ndcg_at,))  # a bad setting fails now, not after the queries are encoded
     missing = sorted(set(data.qrels) - set(data.queries))
     if missing:
         raise MiraclFormatError(f"MIRACL {data.lang}: qrels judge queries absent from the topics, e.g. {missing[:3]}")
@@ -57,35 +51,26 @@ def evaluate_miracl_language(
         log.info("MIRACL %s: %d of %d queries have no relevant passage and are not scored", data.lang, len(data.queries) - len(qids), len(data.queries))
     if not qids:
         raise MiraclFormatError(f"MIRACL {data.lang}: no query has a relevant passage in the qrels")
-
-    documents = ((docid, passage_text(title, text, passage_template)) for docid, title, text in data.corpus())
-    store = encode_shards(
-        Path(work_dir) / "embeddings",
-        documents,
+    return evaluate_ranked_retrieval(
+        {q: data.queries[q] for q in qids},
+        data.qrels,
+        data.corpus,
         encoder,
-        role="passage",
-        fingerprint=f"miracl/{data.lang}/{data.source}/{passage_template}",
-        shard_size=shard_size,
+        Path(work_dir) / "embeddings",
+        run_path or Path(work_dir) / "run.trec",
+        name=f"MIRACL {data.lang}",
+        fingerprint=f"miracl/{data.lang}/{data.source}",
+        passage_template=passage_template,
+        top_k=top_k,
+        ndcg_at=(ndcg_at,),
+        recall_at=(top_k,),
+        index=index,
+        index_options=index_options,
         batch_size=batch_size,
+        shard_size=shard_size,
         dtype=dtype,
         progress=progress,
     )
-    docids = store.ids()
-    if len(set(docids)) != len(docids):
-        dup = next(d for d, n in Counter(docids).items() if n > 1)
-        raise MiraclFormatError(f"MIRACL {data.lang}: document id {dup!r} appears twice in the corpus ({data.source})")
-    with torch.inference_mode():
-        queries = encoder.encode([data.queries[q] for q in qids], "query", batch_size=batch_size, progress=progress)
-    if index == "shards":
-        _, hits = search_shards(store, queries, top_k, progress=progress)
-    else:
-        dense = DenseIndex(store.dim, index, **(index_options or {}))
-        dense.add_shards(store, progress=progress)
-        _, hits = dense.search(queries, top_k)
-    ranking = {q: [docids[i] for i in row if i >= 0] for q, row in zip(qids, hits.tolist(), strict=True)}
-    per_query = ranked_list_metrics(ranking, {q: data.qrels[q] for q in qids}, ndcg_at=(ndcg_at,), recall_at=(top_k,))
-    keys = (f"nDCG@{ndcg_at}", f"R@{top_k}")
-    return {key: sum(row[key] for row in per_query.values()) / len(per_query) for key in keys}
 
 
 class MiraclTask:
@@ -110,10 +95,7 @@ class MiraclTask:
         unknown = [lang for lang in languages if lang not in MIRACL_LANGUAGES]
         if unknown:
             raise ValueError(f"benchmark {name}: MIRACL has no language {unknown}; it has {list(MIRACL_LANGUAGES)}")
-        if index not in INDEX_KINDS:
-            raise ValueError(f"benchmark {name}: index={index!r}: expected one of {INDEX_KINDS}")
-        if dtype not in ("float32", "float16"):
-            raise ValueError(f"benchmark {name}: dtype={dtype!r}: expected float32 or float16")
+        check_settings(name, index=index, dtype=dtype, passage_template=passage_template, top_k=top_k, cutoffs=(10,))
         # Checked before any model is loaded: a missing dataset should not cost an encoder load.
         if source == "local" and not data_dir:
             raise ValueError(
@@ -149,6 +131,7 @@ class MiraclTask:
                 self._data[lang],
                 encoder,
                 root / lang,
+                run_path=Path(work_dir) / lang / "run.trec",
                 passage_template=self.passage_template,
                 top_k=self.top_k,
                 index=self.index,

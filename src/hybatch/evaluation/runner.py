@@ -1,4 +1,4 @@
-"""What `evaluate.py` runs: the encoder (`hybatch.models.loading`: `cfg.model` or `cfg.ckpt_path`), every configured benchmark,
+"""What `evaluate.py` runs: the encoder (`hybatch.backbones.loading`: `cfg.model` or `cfg.ckpt_path`), every configured benchmark,
 `metrics.json`, report files, printed tables, loggers.
 
 `cfg.benchmark` has one shape for one or many benchmarks: `benchmarks: {prefix: {_target_: ..., ...}}`
@@ -19,12 +19,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
+from hybatch.backbones.loading import load_encoder
 from hybatch.config import instantiate_dict
-from hybatch.evaluation.lareqa import LareqaTask
+from hybatch.evaluation.lareqa_scoring import LareqaTask
 from hybatch.evaluation.miracl import MiraclTask
 from hybatch.loggers import finish_loggers, log_results
-from hybatch.models.loading import load_encoder
-from hybatch.report.lareqa import lareqa_table, miracl_table, report_lareqa
+from hybatch.report.benchmark_tables import lareqa_table, miracl_table, report_lareqa
 from hybatch.retrieval.index import TextEncoder
 from hybatch.run_outputs import write_metrics, write_run_info
 
@@ -50,7 +50,7 @@ def build_benchmarks(cfg: DictConfig) -> dict[str, BenchmarkTask]:
     """Instantiate `cfg.benchmarks` after applying the shortcuts; the dict keys become metric prefixes."""
     entries = cfg.get("benchmarks")
     if not entries:
-        raise ValueError("benchmark.benchmarks is empty: choose benchmark=xquad_r, mlqa_r, miracl or all")
+        raise ValueError("benchmark.benchmarks is empty: choose benchmark=xquad_r, mlqa_r, miracl, beir or all")
     entries = OmegaConf.to_container(entries, resolve=True)
     if not isinstance(entries, dict):
         raise ValueError(f"benchmark.benchmarks: expected a mapping name -> benchmark config, got {entries!r}")

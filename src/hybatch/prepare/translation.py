@@ -255,7 +255,7 @@ class TinyTranslator(Seq2SeqTranslator):
             import torch
             from transformers import M2M100Config, M2M100ForConditionalGeneration
 
-            from hybatch.models.bundled import bundled_tokenizer
+            from hybatch.backbones.bundled import bundled_tokenizer
 
             tokenizer = bundled_tokenizer(self.cache_dir)
             tokenizer.add_special_tokens({"additional_special_tokens": [f"__{lang}__" for lang in sorted(M2M100_CODES)]})

@@ -1,7 +1,8 @@
 """Collect the runs of a sweep into the paper's table: `python -m hybatch.report <multirun dir>`.
 
 Rows are model x sampler (x alpha when it varies), mean and standard deviation over its runs (seeds,
-and cross-validation folds: for those, the pooled intervals below are the numbers to read);
+and cross-validation folds: for those, the pooled intervals below are the numbers to read), with the
+configured fraction of monolingual batches beside the one the runs realized (`composition/...`);
 columns are mono / cross / multi mAP, recall and language bias for every benchmark found in the
 runs' metrics.json. Training runs also contribute a "zero-shot" row from their baseline metrics.
 Writes `report.md`, `report.csv` and `report.png` (grouped bars) into the sweep dir. Runs with
@@ -43,6 +44,9 @@ COLUMNS = (
 BENCHMARK_PREFIXES = ("test/", "xquad_r/", "mlqa_r/")
 # The weight-interpolation λ a run chose (`interpolation=wise_ft`; hybatch.interpolation).
 LAMBDA_KEY = "interpolation/lambda"
+# Fraction of monolingual batches: configured (mono 1, cross 0, hybrid sampler.alpha) and realized.
+ALPHA_SET, ALPHA_REALIZED = "configured/alpha", "composition/mono_fraction"
+CONFIGURED_ALPHA = {"mono": 1.0, "cross": 0.0}
 
 
 @dataclass(frozen=True)
@@ -145,6 +149,9 @@ def collect(sweep_dir: Path) -> dict[RunKey, list[dict[str, float]]]:
     for path in runs:
         model, sampler, alpha, _ = identities[path]
         metrics = {k: v for k, v in json.loads(path.read_text()).items() if v is not None}
+        configured = CONFIGURED_ALPHA.get(sampler, alpha)
+        if configured is not None:
+            metrics[ALPHA_SET] = float(configured)
         groups[RunKey(model, _sampler_label(sampler, alpha, alphas))].append({k: v for k, v in metrics.items() if not k.startswith("baseline/")})
         baseline = {k.removeprefix("baseline/"): v for k, v in metrics.items() if k.startswith("baseline/")}
         if baseline:
@@ -169,6 +176,9 @@ def summarise(groups: dict[RunKey, list[dict[str, float]]]) -> tuple[list[str], 
                 values = [r[prefix + metric] for r in runs if prefix + metric in r]
                 row[f"{prefix}{metric}"] = statistics.fmean(values) if values else math.nan
                 row[f"{prefix}{metric} std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        for key in (ALPHA_SET, ALPHA_REALIZED):
+            values = [r[key] for r in runs if key in r]
+            row[key] = f"{min(values):.3f}" + (f"–{max(values):.3f}" if max(values) > min(values) else "") if values else ""
         # Runs with `interpolation=wise_ft`: the λ each seed chose on validation.
         row[LAMBDA_KEY] = ", ".join(f"{r[LAMBDA_KEY]:g}" for r in runs if LAMBDA_KEY in r)
         rows.append(row)
@@ -180,10 +190,14 @@ def to_markdown(found: list[str], rows: list[dict[str, object]]) -> str:
     for prefix in found:
         title = prefix.rstrip("/")
         with_lambda = any(row[LAMBDA_KEY] for row in rows)
-        header = ["model", "batches", "runs"] + (["λ"] if with_lambda else []) + [name for _, name in COLUMNS]
+        with_alpha = any(row[ALPHA_REALIZED] for row in rows)
+        header = ["model", "batches", "runs"] + (["α set", "α realized"] if with_alpha else [])
+        header += (["λ"] if with_lambda else []) + [name for _, name in COLUMNS]
         lines = [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for row in rows:
-            cells = [str(row["model"]), str(row["sampler"]), str(row["runs"])] + ([str(row[LAMBDA_KEY]) or "–"] if with_lambda else [])
+            cells = [str(row["model"]), str(row["sampler"]), str(row["runs"])]
+            cells += [row[ALPHA_SET] or "–", row[ALPHA_REALIZED] or "–"] if with_alpha else []
+            cells += [str(row[LAMBDA_KEY]) or "–"] if with_lambda else []
             for metric, _ in COLUMNS:
                 mean, std = row[f"{prefix}{metric}"], row[f"{prefix}{metric} std"]
                 digits = 1 if metric.endswith("lang_bias") else 3

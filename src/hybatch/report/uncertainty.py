@@ -1,6 +1,6 @@
 """Confidence intervals and paired tests for LAReQA results pooled over cross-validation folds.
 
-Input: the `per_query.jsonl` rows of training runs (`hybatch.evaluation.lareqa.per_query_rows`), one
+Input: the `per_query.jsonl` rows of training runs (`hybatch.evaluation.lareqa_scoring.per_query_rows`), one
 run per (sampler, fold, seed). For one sampler the folds are pooled (each question is tested in
 exactly one fold: `pool_runs` checks it and raises `FoldCoverageError` otherwise) and each question's
 value is averaged over seeds. The metrics are then the LAReQA macro-averages of those rows, exactly as
@@ -17,6 +17,11 @@ The 95% interval is the percentile interval. A difference between two samplers i
 resampled articles for both (same questions, folds and seeds); its two-sided p-value is the paired
 cluster-bootstrap p-value 2 * min(P*(d <= 0), P*(d >= 0)) (with the +1 correction), the test that
 the percentile interval inverts, so p < 0.05 exactly when the interval excludes 0.
+
+Multiplicity: the family is every paired difference the report prints (each pair of samplers, and
+each sampler against the zero-shot backbone, on every metric and benchmark). Their p-values get
+Holm's step-down correction (`holm`), and a difference is read as one only when its Holm-adjusted
+p-value is below 0.05; otherwise "no difference measured", whatever its own interval says.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ METRICS: dict[str, tuple[str, str, bool]] = {
 }
 LABELS = {"mono/mAP": "mono mAP", "cross/mAP": "cross mAP", "multi/mAP": "multi mAP", "multi/lang_bias": "lang bias"}
 NO_DIFFERENCE = "no difference measured"
+ALPHA = 0.05
 # The untrained backbone's rows (training runs' baseline_per_query.jsonl): one run per fold, no seed.
 ZERO_SHOT = "zero-shot"
 
@@ -284,9 +290,22 @@ def paired_difference(
     return Estimate(value, low, high, float(min(1.0, p)))
 
 
-def verdict(metric: str, diff: Estimate, name: str = "hybrid") -> str:
-    """The wording rule: an interval containing 0 is "no difference measured"."""
-    if diff.contains_zero():
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (family-wise error control), in the input order."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adjusted = [0.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def verdict(metric: str, diff: Estimate, name: str = "hybrid", p_adjusted: float | None = None) -> str:
+    """The wording rule: an interval containing 0, or a multiplicity-adjusted p-value of 0.05 or more,
+    is "no difference measured"."""
+    if diff.contains_zero() or (p_adjusted is not None and p_adjusted >= ALPHA):
         return NO_DIFFERENCE
     better = (diff.value > 0) == METRICS[metric][2]
     return f"{name} {'better' if better else 'worse'}"
@@ -311,15 +330,20 @@ class Comparison:
     diff: Estimate | None
     seeds: tuple[Any, ...]
     note: str = ""
+    p_holm: float | None = None  # Holm-adjusted over the report's family of paired differences
+
+    def reading(self) -> str:
+        return verdict(self.metric, self.diff, self.a, self.p_holm) + (f" ({self.note})" if self.note else "")
 
 
 def analyse(
     groups: Mapping[tuple[str, str], Sequence[RunRows]], resamples: int = 10_000, seed: int = 0,
 ) -> tuple[list[SamplerResult], list[Comparison]]:
     """Per (model, sampler) group: pooled metrics with intervals; per model: every hybrid sampler
-    against mono and against cross, paired on the seeds both have, and every trained sampler against
-    the zero-shot backbone (`ZERO_SHOT` group, when present). A group whose runs do not cover the folds
-    gets its error message instead of numbers."""
+    against mono and against cross, mono against cross, paired on the seeds both have, and every
+    trained sampler against the zero-shot backbone (`ZERO_SHOT` group, when present); all their
+    p-values Holm-adjusted as one family. A group whose runs do not cover the folds gets its error
+    message instead of numbers."""
     results = []
     for (model, sampler), runs in groups.items():
         try:
@@ -336,13 +360,16 @@ def analyse(
     models = sorted({m for m, _ in groups})
     for model in models:
         samplers = [s for m, s in groups if m == model]
-        for a in (s for s in samplers if s.startswith("hybrid")):
-            for b in ("mono", "cross"):
-                if b in samplers:
-                    comparisons.extend(_compare(model, a, b, groups[model, a], groups[model, b], resamples, seed))
+        pairs = [(a, b) for a in samplers if a.startswith("hybrid") for b in ("mono", "cross") if b in samplers]
+        if "mono" in samplers and "cross" in samplers:
+            pairs.append(("mono", "cross"))
         if ZERO_SHOT in samplers:
-            for a in (s for s in samplers if s != ZERO_SHOT):
-                comparisons.extend(_compare(model, a, ZERO_SHOT, groups[model, a], groups[model, ZERO_SHOT], resamples, seed))
+            pairs += [(a, ZERO_SHOT) for a in samplers if a != ZERO_SHOT]
+        for a, b in pairs:
+            comparisons.extend(_compare(model, a, b, groups[model, a], groups[model, b], resamples, seed))
+    tested = [c for c in comparisons if c.diff is not None]
+    for c, p in zip(tested, holm([c.diff.p_value for c in tested]), strict=True):
+        c.p_holm = p
     return results, comparisons
 
 
@@ -380,7 +407,9 @@ def to_markdown(results: Sequence[SamplerResult], comparisons: Sequence[Comparis
         "### 95% confidence intervals (folds pooled, each question's value averaged over seeds)",
         "",
         f"Cluster bootstrap over articles, {resamples:,} resamples, percentile intervals; differences paired "
-        "(same articles resampled for both samplers), p-value two-sided from the same paired bootstrap.",
+        "(same articles resampled for both samplers), p-value two-sided from the same paired bootstrap; "
+        "Holm-adjusted over the family of every paired difference below, which is read as a difference only "
+        "when that adjusted p is below 0.05.",
         "",
     ]
     metric_names = list(METRICS)
@@ -401,17 +430,18 @@ def to_markdown(results: Sequence[SamplerResult], comparisons: Sequence[Comparis
     if errors:
         lines += ["", "Runs that do not test every question exactly once:", "", *errors]
     if comparisons:
-        lines += ["", "### Paired differences", "", "| benchmark | model | difference | metric | value | 95% CI | p | reading |",
-                  "|---|---|---|---|---|---|---|---|"]
+        family = sum(c.diff is not None for c in comparisons)
+        lines += ["", f"### Paired differences (Holm family: these {family} tests)", "",
+                  "| benchmark | model | difference | metric | value | 95% CI | p | p (Holm) | reading |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for c in comparisons:
             if c.diff is None:
-                lines.append(f"| {c.benchmark} | {c.model} | {c.a} − {c.b} | – | – | – | – | {c.note} |")
+                lines.append(f"| {c.benchmark} | {c.model} | {c.a} − {c.b} | – | – | – | – | – | {c.note} |")
                 continue
             d = c.diff
-            reading = verdict(c.metric, d, c.a) + (f" ({c.note})" if c.note else "")
             lines.append(
                 f"| {c.benchmark} | {c.model} | {c.a} − {c.b} | {LABELS[c.metric]} | {_fmt(c.metric, d.value)} | "
-                f"[{_fmt(c.metric, d.low)}, {_fmt(c.metric, d.high)}] | {d.p_value:.4f} | {reading} |"
+                f"[{_fmt(c.metric, d.low)}, {_fmt(c.metric, d.high)}] | {d.p_value:.4f} | {c.p_holm:.4f} | {c.reading()} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -433,7 +463,7 @@ def to_rows(results: Sequence[SamplerResult], comparisons: Sequence[Comparison])
                                "seeds": " ".join(map(str, c.seeds)), "note": c.note}
         if c.diff is not None:
             row.update(value=c.diff.value, ci_low=c.diff.low, ci_high=c.diff.high, p_value=c.diff.p_value,
-                       reading=verdict(c.metric, c.diff, c.a))
+                       p_holm=c.p_holm, reading=verdict(c.metric, c.diff, c.a, c.p_holm))
         rows.append(row)
     return rows
 
@@ -463,13 +493,13 @@ def plot(results: Sequence[SamplerResult], comparisons: Sequence[Comparison], pa
     axes[1].set_ylabel("mean rank distance (95% CI)")
     done = [c for c in comparisons if c.diff is not None and c.metric.endswith("mAP")]
     for j, c in enumerate(done):
-        colour = "tab:grey" if c.diff.contains_zero() else "tab:blue"
+        colour = "tab:grey" if verdict(c.metric, c.diff, c.a, c.p_holm) == NO_DIFFERENCE else "tab:blue"
         axes[2].errorbar([j], [c.diff.value], yerr=[[c.diff.value - c.diff.low], [c.diff.high - c.diff.value]],
                          fmt="o", capsize=4, color=colour)
     axes[2].axhline(0, color="black", linewidth=0.8)
     axes[2].set_xticks(range(len(done)), [f"{c.a} − {c.b}\n{c.metric}" for c in done], fontsize=7)
     axes[2].set_ylabel("paired mAP difference (95% CI)")
-    axes[2].set_title("grey: interval contains 0 (no difference measured)", fontsize=9)
+    axes[2].set_title("grey: no difference measured (interval contains 0, or Holm p >= 0.05)", fontsize=9)
     for ax in axes:
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()

@@ -12,6 +12,11 @@ Ties (documented choice, used consistently by every metric):
 - Ranks (and so R@k, nDCG@k, MRR@k and language bias) are pessimistic: a non-relevant item that ties
   with a relevant one is ranked before it; relevant items that tie with each other are ordered as
   they appear in the relevance list, so every relevant item gets a distinct rank (1 = best).
+
+Not `torchmetrics.retrieval`: its RetrievalMAP orders tied scores by argsort (not the tie-aware AP
+above), works in float32, and takes flat (preds, target, indexes) triples, i.e. the whole
+(queries x pool) score matrix materialised once per sub-pool; these kernels stream query chunks
+and derive every sub-pool from one pass.
 """
 
 from __future__ import annotations
@@ -284,16 +289,28 @@ def ranked_list_metrics(
     *,
     ndcg_at: Sequence[int] = (10,),
     recall_at: Sequence[int] = (100,),
+    mrr_at: Sequence[int] = (),
+    no_relevant: str = "skip",
 ) -> dict[str, dict[str, float]]:
-    """nDCG@k (gain = relevance grade) and Recall@k of ranked doc-id lists against the FULL qrels.
+    """nDCG@k (gain = relevance grade), Recall@k and MRR@k of ranked doc-id lists against the FULL qrels.
 
-    A judged-relevant document missing from the list counts as a miss; grade <= 0 is not relevant.
-    Queries without any relevant document are left out (their metrics are undefined).
+    A judged-relevant document missing from the list counts as a miss; grade <= 0 is not relevant
+    (gain 0, as trec_eval). A query of the qrels without any relevant document is left out
+    (`no_relevant="skip"`: its metrics are undefined) or scores 0 (`"zero"`: trec_eval / BEIR).
+
+    Computed exactly in double precision rather than with `torchmetrics.retrieval`, whose functions
+    cast to float32 (`retrieval_recall`'s `.float()`, nDCG's float32 tie-averaging sums) and so differ
+    from trec_eval's values in the 8th digit; they also see only the retrieved list, not the judged
+    documents it misses. tests/test_beir.py checks both against pytrec_eval.
     """
+    if no_relevant not in ("skip", "zero"):
+        raise ValueError(f"no_relevant={no_relevant!r}: expected 'skip' or 'zero'")
     results: dict[str, dict[str, float]] = {}
     for qid, judged in qrels.items():
         gains = sorted((g for g in judged.values() if g > 0), reverse=True)
         if not gains:
+            if no_relevant == "zero":
+                results[qid] = {f"{name}@{k}": 0.0 for name, ks in (("nDCG", ndcg_at), ("R", recall_at), ("MRR", mrr_at)) for k in ks}
             continue
         docs = ranking.get(qid, ())
         row: dict[str, float] = {}
@@ -303,5 +320,7 @@ def ranked_list_metrics(
             row[f"nDCG@{k}"] = dcg / idcg
         for k in recall_at:
             row[f"R@{k}"] = sum(1 for d in set(docs[:k]) if judged.get(d, 0) > 0) / len(gains)
+        for k in mrr_at:
+            row[f"MRR@{k}"] = next((1 / (i + 1) for i, d in enumerate(docs[:k]) if judged.get(d, 0) > 0), 0.0)
         results[qid] = row
     return results

@@ -2,7 +2,7 @@
 
 A plain `nn.Module` (no Lightning) so that a trained encoder can be exported as a folder that
 loads in both `sentence_transformers.SentenceTransformer` and `transformers.AutoModel`; the folder
-format is `hybatch.models.sentence_transformers_folder`.
+format is `hybatch.encoder.sentence_transformers_folder`.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from hybatch.collate import tokenize
-from hybatch.models import sentence_transformers_folder as st_folder
-from hybatch.models.lora import apply_lora, is_lora, lora_kwargs, merged_copy
+from hybatch.encoder import sentence_transformers_folder as st_folder
+from hybatch.encoder.lora import apply_lora, is_lora, lora_kwargs, merged_copy
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class DualEncoder(nn.Module):
 
     For big backbones: `dtype` (float32 | bfloat16 | float16) is the dtype the weights are kept in
     (bfloat16 halves the memory of a frozen LoRA base; mixed precision is the trainer's `precision`);
-    `lora` (a mapping of r, alpha, dropout, target_modules, see `hybatch.models.lora`) trains adapters
+    `lora` (a mapping of r, alpha, dropout, target_modules, see `hybatch.encoder.lora`) trains adapters
     instead of the weights; `gradient_checkpointing` recomputes activations in backward;
     `freeze_embeddings` keeps the (250k-row, for XLM-R) embedding matrix out of the optimizer.
     `name_or_path` is where the backbone came from (checkpoints record it); None when built in code.

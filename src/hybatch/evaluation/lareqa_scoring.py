@@ -1,6 +1,6 @@
 """LAReQA evaluation (XQuAD-R, MLQA-R): mono-, cross- and multilingual answer retrieval.
 
-The benchmarks themselves (files, parsing, the flat pool) are built in `hybatch.data.lareqa`.
+The benchmarks themselves (files, parsing, the flat pool) are built in `hybatch.data.lareqa_benchmarks`.
 
 Each question and each candidate is encoded once; every setting is then read off one chunked pass
 over the (questions x all candidates) scores, with the candidates of each language as a sub-pool
@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from hybatch.atomic import atomic_open
-from hybatch.data.lareqa import CANDIDATE_TEXTS, SOURCES, LareqaBenchmark, load_lareqa_benchmark
+from hybatch.data.lareqa_benchmarks import CANDIDATE_TEXTS, SOURCES, LareqaBenchmark, load_lareqa_benchmark
 from hybatch.retrieval.index import TextEncoder
 from hybatch.retrieval.metrics import RankingMetrics, ranking_metrics_from_embeddings
 
@@ -195,6 +195,7 @@ class LareqaTask:
             url_template=self.url_template,
             cache_subdir=self.cache_subdir,
             candidate_text=self.candidate_text,
+            data_dir_key=f"benchmark.benchmarks.{self.name}.data_dir",
         )
 
     def evaluate(self, encoder: TextEncoder, *, batch_size: int, work_dir: Path, progress: bool = True) -> dict[str, float]:

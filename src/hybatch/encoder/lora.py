@@ -8,19 +8,24 @@ into the weights, so the exported folder is an ordinary model that loads without
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import nn
 from transformers import PreTrainedModel
 
-LORA_KEYS = ("r", "alpha", "dropout", "target_modules")
+log = logging.getLogger(__name__)
+
+LORA_KEYS = ("r", "lora_alpha", "dropout", "target_modules")
+# Old key -> new: `alpha` read as the batch mix (`sampler.alpha`) beside it; accepted for one release.
+DEPRECATED_KEYS = {"alpha": "lora_alpha"}
 
 
 def apply_lora(
     model: PreTrainedModel,
     r: int = 16,
-    alpha: int = 32,
+    lora_alpha: int = 32,
     dropout: float = 0.05,
     target_modules: str | Sequence[str] = "all-linear",
 ) -> nn.Module:
@@ -35,17 +40,25 @@ def apply_lora(
         raise ValueError(f"model.lora.r={r}: expected a rank >= 1")
     targets = target_modules if isinstance(target_modules, str) else list(target_modules)
     config = LoraConfig(
-        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type=TaskType.FEATURE_EXTRACTION
+        r=r, lora_alpha=lora_alpha, lora_dropout=dropout, target_modules=targets, task_type=TaskType.FEATURE_EXTRACTION
     )
     return get_peft_model(model, config)
 
 
 def lora_kwargs(lora: Mapping[str, Any]) -> dict[str, Any]:
-    """Check a `model.lora` mapping's keys (a typo would otherwise silently train with defaults)."""
-    unknown = sorted(set(lora) - set(LORA_KEYS))
+    """Check a `model.lora` mapping's keys (a typo would otherwise silently train with defaults); a
+    deprecated key is renamed, with a warning."""
+    out = dict(lora)
+    for old, new in DEPRECATED_KEYS.items():
+        if old in out:
+            if new in out:
+                raise ValueError(f"model.lora has both {old!r} (deprecated) and {new!r}: keep model.lora.{new}")
+            log.warning("model.lora.%s is deprecated and will be removed in the next release: use model.lora.%s", old, new)
+            out[new] = out.pop(old)
+    unknown = sorted(set(out) - set(LORA_KEYS))
     if unknown:
         raise ValueError(f"model.lora has unknown keys {unknown}: expected some of {list(LORA_KEYS)}")
-    return dict(lora)
+    return out
 
 
 def is_lora(model: nn.Module) -> bool:

@@ -1,4 +1,4 @@
-"""`python -m hybatch.interpolate <start> <fine-tuned> --lambda 0.5 <out>`: WiSE-FT on two exported models.
+"""`python -m hybatch.interpolation <start> <fine-tuned> --lambda 0.5 <out>`: WiSE-FT on two exported models.
 
 Both folders are loaded with the encoder class (folders written by `DualEncoder.save_pretrained`,
 sentence-transformers folders, Hugging Face folders); θ(λ) = (1-λ)·start + λ·fine-tuned is written
@@ -51,7 +51,7 @@ def interpolate_folders(start: str, fine_tuned: str, lambdas: Sequence[float], o
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m hybatch.interpolate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m hybatch.interpolation", description=__doc__.splitlines()[0])
     parser.add_argument("start", help="the starting model (e.g. the backbone): an exported / sentence-transformers / HF folder")
     parser.add_argument("fine_tuned", help="the fine-tuned model, same architecture (e.g. <run dir>/model)")
     parser.add_argument("out", type=Path, help="output folder (with several --lambda: one <out>/lambda_<λ>/ each)")

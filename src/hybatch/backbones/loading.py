@@ -15,8 +15,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from hybatch.checkpoints import encoder_from_checkpoint
 from hybatch.encoder import DualEncoder
+from hybatch.encoder.checkpoints import encoder_from_checkpoint
 
 log = logging.getLogger(__name__)
 

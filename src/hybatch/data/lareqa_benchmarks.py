@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from hybatch.data.sources import resolve_files
+from hybatch.downloads import resolve_files
 
 log = logging.getLogger(__name__)
 
@@ -26,15 +26,15 @@ log = logging.getLogger(__name__)
 class LareqaSource:
     """A benchmark's `{lang}.json` files: a folder of the LAReQA repository at a fixed commit.
 
-    `sha256` maps a file name to the sha256 of that file at `commit`; downloads and cached copies
-    are checked against it (a file without an entry is downloaded unverified, with a warning).
+    `sha256` maps each file name to the sha256 of that file at `commit`; downloads and cached copies
+    are checked against it.
     """
 
     languages: tuple[str, ...]
     commit: str
     folder: str
     cache_subdir: str
-    sha256: Mapping[str, str] = field(default_factory=dict)
+    sha256: Mapping[str, str]
 
     @property
     def url_template(self) -> str:
@@ -64,14 +64,22 @@ XQUAD_R = LareqaSource(
 )
 
 # MLQA-R (MLQA dev with sentence breaks) is gone from LAReQA's master (removed in b91469b); at 354d67d
-# the repository still has it in `mlqa-r/` (its README there lists the seven files). No sha256 is
-# recorded: no copy of these files was at hand to hash, so they are downloaded unverified (the log
-# gives each file's sha256, to be recorded here).
+# the repository still has it in `mlqa-r/` (its README there lists the seven files). The sha256 were
+# read from the repository's objects at that commit.
 MLQA_R = LareqaSource(
     languages=("ar", "de", "en", "es", "hi", "vi", "zh"),
     commit="354d67d1cd066854cdfbf5ad0e6105528976141d",
     folder="mlqa-r",
     cache_subdir="mlqa-r",
+    sha256={
+        "ar.json": "2132fbc03208535c0fe01f2e2c5121d06f9c2aa799af93b0a719dbc105bdf137",
+        "de.json": "ce9454dc5aa6f2d85c23cd6e49cb367fbb7c4c6e62d7f71e355c6b5dae4d0886",
+        "en.json": "fedd9a5cc0848dda80caf84aa36f482adaae230526a3f6e9e86926a93ef3b1e4",
+        "es.json": "70ecba276b8c96a692b120693a595d076ce94ad21d4b28311538a9fcbfe0f9d7",
+        "hi.json": "4dd0fb3c06f737a5481d705bc1dcac7876712a5815c9265908fbb3a0696cb654",
+        "vi.json": "9d3baff6ba03e6793b25594217265ea59a136b9733833dca8a9582a84a78ff85",
+        "zh.json": "57f01d2fff50cf3392805635b01445339f225ad5bf28ba8443b12f8dbd1e69dc",
+    },
 )
 
 SOURCES: dict[str, LareqaSource] = {"xquad_r": XQUAD_R, "mlqa_r": MLQA_R}
@@ -287,8 +295,10 @@ def lareqa_files(
     *,
     url_template: str | None = None,
     cache_subdir: str | None = None,
+    data_dir_key: str = "data_dir",
 ) -> dict[str, Path]:
-    """`{lang: path}` of a benchmark's language files: from `data_dir`, else the cache (downloaded once).
+    """`{lang: path}` of a benchmark's language files: from `data_dir`, else the cache (downloaded once);
+    errors name `data_dir_key`, the override that sets `data_dir`.
 
     A known benchmark (`SOURCES`) downloads from its pinned commit and verifies each file's sha256;
     another `url_template` (with `{name}` for the file name) downloads unverified. Other names need
@@ -312,6 +322,7 @@ def lareqa_files(
         cache_dir,
         cache_subdir or (source.cache_subdir if source else name),
         sha256=source.sha256 if pinned else None,
+        data_dir_key=data_dir_key,
     )
     return {lang: files[f"{lang}.json"] for lang in languages}
 
@@ -326,9 +337,12 @@ def load_lareqa_benchmark(
     cache_subdir: str | None = None,
     candidate_text: str = "sentence",
     articles: set[str] | None = None,
+    data_dir_key: str = "data_dir",
 ) -> LareqaBenchmark:
     """XQuAD-R (`name="xquad_r"`) or MLQA-R (`"mlqa_r"`), or another LAReQA-format benchmark: files as `lareqa_files`."""
-    files = lareqa_files(name, languages, data_dir, cache_dir, url_template=url_template, cache_subdir=cache_subdir)
+    files = lareqa_files(
+        name, languages, data_dir, cache_dir, url_template=url_template, cache_subdir=cache_subdir, data_dir_key=data_dir_key
+    )
     data = {lang: load_lareqa_language(path, lang) for lang, path in files.items()}
     bench = build_lareqa_benchmark(name, data, articles, candidate_text)
     log.info("%s", bench)

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from hybatch.encoder import DualEncoder
-from hybatch.models.lora import is_lora
+from hybatch.encoder.lora import is_lora
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def _best(lambdas: Sequence[float], score: Callable[[float], float]) -> float:
     return best[0]
 
 
-def choose_lambda(curve: Curve, rule: str = "best_mean", margin: float = 0.0) -> float:
+def choose_lambda(curve: Curve, rule: str, margin: float = 0.0) -> float:
     """The λ a rule picks from a validation curve (λ -> `evaluate_lareqa` metrics).
 
     best_mean: the best mean of mono, cross and multi mAP. constrained: the best multi mAP among the λ
@@ -221,7 +221,10 @@ def write_curve(curve: Curve, chosen: float, out_dir: Path) -> tuple[Path, Path]
 class WeightInterpolation:
     """The `interpolation=wise_ft` config: the λ grid and the rule that picks one λ on validation."""
 
-    def __init__(self, lambdas: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0), rule: str = "best_mean", margin: float = 0.01) -> None:
+    # The defaults are those of conf/interpolation/wise_ft.yaml (tests/test_interpolation.py checks it).
+    def __init__(
+        self, lambdas: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0), rule: str = "constrained", margin: float = 0.015
+    ) -> None:
         lambdas = [float(lam) for lam in lambdas]
         if not lambdas or any(not 0.0 <= lam <= 1.0 for lam in lambdas) or len(set(lambdas)) != len(lambdas):
             raise InterpolationError(f"interpolation.lambdas={lambdas}: expected distinct values in [0, 1]")
@@ -239,54 +242,64 @@ class WeightInterpolation:
         return choose_lambda(curve, self.rule, self.margin)
 
 
-def interpolation_config(cfg: Any, datamodule: Any, *, warn: bool = True) -> WeightInterpolation | None:
-    """The run's interpolation settings, checked (training.py calls this before fitting, so a bad value
-    stops the run before it trains); None when interpolation is off or the data has no LAReQA
-    validation benchmark to choose λ on (e.g. parallel JSONL data): then the fine-tuned weights stay."""
+def _uses_fsdp(cfg: Any) -> bool:
+    from omegaconf import DictConfig
+
+    strategy = cfg.get("trainer", {}).get("strategy")
+    if isinstance(strategy, str):
+        return strategy.lower().startswith("fsdp")
+    return isinstance(strategy, (dict, DictConfig)) and "FSDP" in str(strategy.get("_target_", ""))
+
+
+def interpolation_config(cfg: Any, datamodule: Any) -> WeightInterpolation | None:
+    """The run's interpolation settings, built and checked once, before training (with the data, the
+    sampler and the model config), so that a value it cannot honour stops the run before it trains;
+    None when interpolation is off or the data has no LAReQA validation benchmark to choose λ on (e.g.
+    parallel JSONL data): then the fine-tuned weights stay."""
     from hydra.utils import instantiate
 
     if not cfg.get("interpolation"):
         return None
     config: WeightInterpolation = instantiate(cfg.interpolation)
-    if datamodule.val_benchmark is None:
-        if warn:
-            log.warning(
-                "interpolation chooses λ on a LAReQA validation benchmark and this data has none (data=xquad_r_split "
-                "has one): the run keeps the fine-tuned weights; interpolation=none silences this"
-            )
-        return None
-    return config
-
-
-def interpolate_after_fit(cfg: Any, encoder: DualEncoder, datamodule: Any, trainer: Any, output_dir: Path, loggers: Sequence[Any]) -> dict[str, float]:
-    """With `interpolation=wise_ft`: score the λ grid on the validation benchmark and leave θ(λ*) in
-    `encoder` (what is then tested and exported); returns the metrics.json entries. Nothing with
-    `interpolation=none`.
-
-    θ_start is a fresh instantiate of `cfg.model` (LoRA merged), kept on CPU with a CPU copy of the
-    fine-tuned weights; the encoder is evaluated where the trainer ran (same as `val/...` metrics).
-    """
-    from hydra.utils import instantiate
-    from lightning.pytorch.strategies import FSDPStrategy
-
-    from hybatch.evaluation.lareqa import evaluate_lareqa
-    from hybatch.loggers import log_results
-
-    config = interpolation_config(cfg, datamodule, warn=False)
-    if config is None:
-        return {}
-    began, began_cpu = time.perf_counter(), time.process_time()
-    bench = datamodule.val_benchmark
-    if isinstance(trainer.strategy, FSDPStrategy):
+    if _uses_fsdp(cfg):
         raise InterpolationError(
             "interpolation=wise_ft writes θ(λ) into the encoder's tensors, which trainer=fsdp keeps sharded: "
-            "use interpolation=none and interpolate the exported model/ with python -m hybatch.interpolate"
+            "use interpolation=none and interpolate the exported model/ with python -m hybatch.interpolation"
         )
     if cfg.model.get("projection_dim"):
         raise InterpolationError(
             f"model.projection_dim={cfg.model.projection_dim} adds a randomly initialised projection that a fresh "
             "instantiate of the backbone does not reproduce: there is no start value to interpolate from"
         )
+    if datamodule.val_benchmark is None:
+        log.warning(
+            "interpolation chooses λ on a LAReQA validation benchmark and this data has none (data=xquad_r_split "
+            "has one): the run keeps the fine-tuned weights; interpolation=none silences this"
+        )
+        return None
+    return config
+
+
+def interpolate_after_fit(
+    config: WeightInterpolation | None, cfg: Any, encoder: DualEncoder, datamodule: Any, trainer: Any, output_dir: Path,
+    loggers: Sequence[Any],
+) -> dict[str, float]:
+    """With the checked `config` of `interpolation_config` (None: nothing to do): score the λ grid on the
+    validation benchmark and leave θ(λ*) in `encoder` (what is then tested and exported); returns the
+    metrics.json entries.
+
+    θ_start is a fresh instantiate of `cfg.model` (LoRA merged), kept on CPU with a CPU copy of the
+    fine-tuned weights; the encoder is evaluated where the trainer ran (same as `val/...` metrics).
+    """
+    from hydra.utils import instantiate
+
+    from hybatch.evaluation.lareqa_scoring import evaluate_lareqa
+    from hybatch.loggers import log_results
+
+    if config is None:
+        return {}
+    bench = datamodule.val_benchmark
+    began, began_cpu = time.perf_counter(), time.process_time()
     with torch.random.fork_rng(devices=[]):  # loading the backbone must not move the run's RNG
         start_encoder = merge_lora(instantiate(cfg.model))
     start = cpu_state(start_encoder)

@@ -20,7 +20,7 @@ from hydra.utils import instantiate
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from hybatch.atomic import atomic_open
-from hybatch.encoder import DualEncoder
+from hybatch.encoder.dual_encoder import DualEncoder
 
 log = logging.getLogger(__name__)
 
@@ -142,9 +142,22 @@ def load_deepspeed_encoder_weights(encoder: DualEncoder, ckpt_dir: str | os.Path
     return _copy_encoder_weights(encoder, checkpoint)
 
 
+# Builders that moved (hybatch.models -> hybatch.backbones): checkpoints of earlier releases store the
+# old `_target_`; read for one release.
+MOVED_TARGETS = {"hybatch.models.builders.": "hybatch.backbones.builders."}
+
+
+def current_target(target: str) -> str:
+    """`target` under the module path of this release (see `MOVED_TARGETS`)."""
+    for old, new in MOVED_TARGETS.items():
+        if target.startswith(old):
+            return new + target[len(old) :]
+    return target
+
+
 def model_identity(model_config: Mapping[str, Any]) -> str:
     """What a model config loads: its `name_or_path`, or for a model built in code its builder."""
-    return str(model_config.get("name_or_path") or model_config.get("_target_"))
+    return str(model_config.get("name_or_path") or current_target(str(model_config.get("_target_"))))
 
 
 def encoder_from_checkpoint(
@@ -180,6 +193,7 @@ def encoder_from_checkpoint(
             f"{model_identity(model_config)!r}: leave model= out to evaluate the checkpoint's own, or choose "
             "the matching model= config"
         )
+    model_config = {**model_config, "_target_": current_target(str(model_config["_target_"]))}
     encoder = instantiate(dict(model_config), _convert_="all")
     if stored is None:
         check_same_backbone(checkpoint, encoder, ckpt_path)

@@ -12,14 +12,11 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
-
-if TYPE_CHECKING:
-    from hybatch.encoder import DualEncoder
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 SETTINGS_FILE = "hybatch_encoder.json"
 EXPORT_KEYS = (
@@ -33,6 +30,22 @@ _ACTIVATIONS = {
     "torch.nn.modules.linear.Identity": nn.Identity,
     "torch.nn.modules.activation.Tanh": nn.Tanh,
 }
+
+
+class ExportableEncoder(Protocol):
+    """What writing the folder needs of an encoder (`hybatch.encoder.DualEncoder` is one); a protocol, so
+    that this module, which the encoder uses to read folders, does not import the encoder back."""
+
+    tokenizer: PreTrainedTokenizerBase
+    pooling: str
+    normalize: bool
+    query_prefix: str
+    passage_prefix: str
+    passage_max_length: int
+    projection: nn.Linear | None
+    projection_activation: nn.Module
+
+    def settings(self) -> dict[str, Any]: ...
 
 
 class FolderFormatError(ValueError):
@@ -147,7 +160,7 @@ def load_dense(name_or_path: str, subfolder: str) -> tuple[nn.Linear, nn.Module]
     return linear, _ACTIVATIONS[act_name]()
 
 
-def save_export(encoder: DualEncoder, path: Path, towers: dict[str, PreTrainedModel]) -> Path:
+def save_export(encoder: ExportableEncoder, path: Path, towers: dict[str, PreTrainedModel]) -> Path:
     """Write `encoder` as a sentence-transformers folder (or one per tower, named by `towers`' keys,
     when it has several) plus its settings file. `towers` are plain Hugging Face models (LoRA merged)."""
     path.mkdir(parents=True, exist_ok=True)
@@ -160,7 +173,7 @@ def save_export(encoder: DualEncoder, path: Path, towers: dict[str, PreTrainedMo
     return path
 
 
-def _save_tower(encoder: DualEncoder, tower: PreTrainedModel, path: Path) -> None:
+def _save_tower(encoder: ExportableEncoder, tower: PreTrainedModel, path: Path) -> None:
     """One sentence-transformers folder: the model, tokenizer, pooling, Dense, Normalize and prompts."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Transformer

@@ -78,8 +78,12 @@ def resolve_files(
     cache_dir: str | os.PathLike | None,
     cache_subdir: str,
     sha256: Mapping[str, str] | None = None,
+    data_dir_key: str = "data_dir",
 ) -> dict[str, Path]:
     """Map each file name to a readable local path.
+
+    `data_dir_key` is the override that sets `data_dir` as the user types it (e.g. `data.data_dir`):
+    the errors name it.
 
     With `data_dir`, every file must be there (a local copy is used as it is). Without it the files
     are looked up in `<cache_dir>/<cache_subdir>` and the missing ones downloaded from
@@ -89,10 +93,10 @@ def resolve_files(
     if data_dir is not None:
         root = Path(data_dir).expanduser()
         if not root.is_dir():
-            raise DataSourceError(f"data_dir {str(root)!r} is not a directory")
+            raise DataSourceError(f"{data_dir_key}={str(root)!r} is not a directory")
         missing = [n for n in names if not (root / n).is_file()]
         if missing:
-            raise DataSourceError(f"data_dir {str(root)!r} lacks {missing}; expected files: {list(names)}")
+            raise DataSourceError(f"{data_dir_key}={str(root)!r} lacks {missing}; expected files: {list(names)}")
         return {n: root / n for n in names}
 
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
@@ -106,7 +110,7 @@ def resolve_files(
                 _check_cached(path, checksums[name], url)
             continue
         if url is None:
-            raise DataSourceError(f"{path} does not exist and no download URL is configured; pass data_dir=<dir with {list(names)}>")
+            raise DataSourceError(f"{path} does not exist and no download URL is configured; pass {data_dir_key}=<dir with {list(names)}>")
         log.info("downloading %s -> %s", url, path)
         try:
             if name in checksums:
@@ -116,6 +120,6 @@ def resolve_files(
         except (urllib.error.URLError, OSError, TimeoutError) as err:
             raise DataSourceError(
                 f"could not download {url} ({err}). Without internet access, put the files {list(names)} "
-                f"in {root} or pass data_dir=<their directory>"
+                f"in {root} or pass {data_dir_key}=<their directory>"
             ) from err
     return paths

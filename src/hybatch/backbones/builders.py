@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from transformers import BertConfig, BertModel
 
+from hybatch.backbones.bundled import bundled_model_dir, bundled_tokenizer
 from hybatch.encoder import DualEncoder
-from hybatch.models.bundled import bundled_model_dir, bundled_tokenizer
 
 
 def tiny_dual_encoder(

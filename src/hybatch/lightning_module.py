@@ -12,15 +12,16 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from omegaconf import OmegaConf
-from torch import Tensor
+from torch import Tensor, nn
 from torch.distributed.fsdp import FullyShardedDataParallel
 from torch.nn.parallel import DistributedDataParallel
 from transformers import get_linear_schedule_with_warmup
 
-from hybatch.checkpoints import BACKBONE_KEY, MODEL_CONFIG_KEY, check_same_backbone
 from hybatch.collate import ROLE_KEY, concat_features, tag_role
 from hybatch.encoder import DualEncoder, Role, embed_length_grouped
+from hybatch.encoder.checkpoints import BACKBONE_KEY, MODEL_CONFIG_KEY, check_same_backbone
 from hybatch.loss import ContrastiveLoss, ContrastiveOutput, cached_contrastive_backward
+from hybatch.training_metrics import in_batch_metrics, local_rows
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class DualEncoderModule(pl.LightningModule):
     `max_grad_norm` clips the global gradient norm after AMP unscaling (FSDP: the sharded norm).
     Under FSDP / DeepSpeed the cached loss is refused (see `setup`). `model_config` (the resolved
     model config the encoder was built from) is stored in checkpoints: `evaluate.py ckpt_path=...`
-    rebuilds the encoder from it (`hybatch.checkpoints.encoder_from_checkpoint`).
+    rebuilds the encoder from it (`hybatch.encoder.checkpoints.encoder_from_checkpoint`).
     """
 
     def __init__(
@@ -80,6 +81,9 @@ class DualEncoderModule(pl.LightningModule):
         # dropout would be off during training.
         self.encoder = encoder.train()
         self.loss_fn = ContrastiveLoss(temperature=temperature, gather=gather_negatives)
+        # In-batch accuracy and MRR per split, summed over devices (`hybatch.training_metrics`); keyed
+        # "<split>_metrics" because a ModuleDict key "train" would shadow nn.Module.train.
+        self.batch_metrics = nn.ModuleDict({f"{split}_metrics": in_batch_metrics(f"{split}/") for split in ("train", "val", "test")})
         self.automatic_optimization = grad_cache_chunk_size is None
 
     def setup(self, stage: str) -> None:
@@ -178,7 +182,7 @@ class DualEncoderModule(pl.LightningModule):
                 self.lr_schedulers().step()
         mono = float(batch["query_lang"] == batch["passage_lang"] and len(set(batch["query_lang"])) == 1)
         self.log("train/loss", out.loss.detach(), prog_bar=True, batch_size=size)
-        self.log("train/accuracy", out.accuracy, batch_size=size)
+        self._log_batch_metrics("train", out, size)
         self.log("train/mono_batch", mono, batch_size=size)
         # (query, candidate) pairs of the global batch left out as false negatives (same passage key).
         self.log("train/masked_negatives", out.masked.float(), batch_size=size)
@@ -204,7 +208,18 @@ class DualEncoderModule(pl.LightningModule):
     def _held_out_step(self, batch: dict[str, Any], split: str) -> None:
         out = self.loss_fn(*self._embed(batch), batch.get("passage_key"), batch.get("negative_keys"))
         self.log(f"{split}/loss", out.loss, sync_dist=True, batch_size=len(batch["ids"]))
-        self.log(f"{split}/accuracy", out.accuracy, sync_dist=True, batch_size=len(batch["ids"]))
+        self._log_batch_metrics(split, out, len(batch["ids"]))
+
+    def _log_batch_metrics(self, split: str, out: ContrastiveOutput, size: int) -> None:
+        """`<split>/accuracy` and `<split>/mrr` of this device's queries; Lightning syncs and resets them.
+        Training logs each step's value (a forward call keeps it), validation and test the epoch's."""
+        metrics = self.batch_metrics[f"{split}_metrics"]
+        rows = local_rows(out.logits, size)
+        if split == "train":
+            metrics(*rows)
+        else:
+            metrics.update(*rows)
+        self.log_dict(metrics, batch_size=size)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._held_out_step(batch, "val")
