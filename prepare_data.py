@@ -1,4 +1,4 @@
-"""Build training data: `python prepare_data.py source=nq translate=nllb_600m out_dir=data/prepared` (see docs/data.md).
+"""Build training data: `python prepare_data.py dataset=nq translate=nllb_600m out_dir=data/prepared` (see docs/data.md).
 
 The same as the `hybatch-prepare-data` console script; the logic is in hybatch.prepare.
 """

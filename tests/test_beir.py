@@ -16,8 +16,8 @@ from hydra.core.global_hydra import GlobalHydra
 from torchmetrics.retrieval import RetrievalMRR, RetrievalNormalizedDCG, RetrievalRecall
 
 from hybatch.config import CONFIG_DIR
-from hybatch.data.beir import BeirFormatError, load_beir_folder
-from hybatch.evaluation.beir import BeirTask
+from hybatch.data.beir_folder import BeirFormatError, load_beir_folder
+from hybatch.evaluation.beir_task import BeirTask
 from hybatch.retrieval.runs import RunFormatError, read_trec_run
 
 WORDS = ["river", "mountain", "city", "music", "history", "science", "football", "language", "ocean", "forest", "king", "war", "bridge", "train", "star"]

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from helpers import HashEncoder
 
-from hybatch.data.miracl import MiraclFormatError, load_miracl_language
-from hybatch.evaluation.miracl import MiraclTask, evaluate_miracl_language
+from hybatch.data.miracl_files import MiraclFormatError, load_miracl_language
+from hybatch.evaluation.miracl_task import MiraclTask, evaluate_miracl_language
 from hybatch.retrieval import DenseIndex, EmbeddingShards, encode_shards, search_shards
 from hybatch.retrieval.index import ShardStoreError
 

@@ -12,7 +12,7 @@ from hybatch.config import CONFIG_DIR
 from hybatch.data.parallel_jsonl import read_parallel_jsonl
 from hybatch.prepare.pipeline import run_prepare
 
-SOURCE_DIR = Path(CONFIG_DIR) / "source"
+SOURCE_DIR = Path(CONFIG_DIR) / "dataset"
 LIMIT = 5
 
 
@@ -23,7 +23,7 @@ def hub_sources() -> list:
         if not str(cfg.get("_target_", "")).endswith("HubSource"):
             continue  # local files: tests/test_prepare_text.py
         missing = [k for k in cfg if OmegaConf.is_missing(cfg, k)]
-        marks = [pytest.mark.skip(reason=f"source={path.stem} needs {missing} (user's files)")] if missing else []
+        marks = [pytest.mark.skip(reason=f"dataset={path.stem} needs {missing} (user's files)")] if missing else []
         params.append(pytest.param(path.stem, marks=marks, id=path.stem))
     return params
 
@@ -33,12 +33,12 @@ def hub_sources() -> list:
 def test_hub_source_first_rows_normalise_to_non_empty_fields(tmp_path, source):
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
         cfg = compose("prepare", overrides=[
-            f"source={source}", "translate=none", "languages=[]", "hygiene=null", f"limit={LIMIT}",
+            f"dataset={source}", "translate=none", "languages=[]", "hygiene=null", f"limit={LIMIT}",
             f"out_dir={tmp_path}", "progress=false",
         ])  # fmt: skip
     examples = read_parallel_jsonl([run_prepare(cfg)]).examples
     assert len(examples) == LIMIT
     for ex in examples:
-        assert ex.id and ex.dataset == cfg.source.name
-        t = ex.translations[cfg.source.language]
+        assert ex.id and ex.dataset == cfg.dataset.name
+        t = ex.translations[cfg.dataset.language]
         assert t.query.strip() and t.positive.strip() and all(n.strip() for n in t.negatives)

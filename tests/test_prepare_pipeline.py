@@ -37,7 +37,7 @@ def write_source(path: Path, n: int, sentences: int = 2) -> Path:
 def config(src: Path, out: Path, *overrides: str):
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
         return compose("prepare", overrides=[
-            "source=jsonl", f"source.path={src}", "source.name=toy", "translate=stand_in", "languages=[de,es]",
+            "dataset=jsonl", f"dataset.path={src}", "dataset.name=toy", "translate=stand_in", "languages=[de,es]",
             f"out_dir={out}", "hygiene=null", "progress=false", *overrides,
         ])  # fmt: skip
 
@@ -92,7 +92,7 @@ def test_shards_partition_the_examples(tmp_path):
 
 
 def command(src: Path, out: Path, *overrides: str) -> list[str]:
-    return [sys.executable, str(REPO / "prepare_data.py"), "source=jsonl", f"source.path={src}", "source.name=toy",
+    return [sys.executable, str(REPO / "prepare_data.py"), "dataset=jsonl", f"dataset.path={src}", "dataset.name=toy",
             "translate=stand_in", "languages=[de,es]", f"out_dir={out}", "hygiene=null", "translate.batch_size=4",
             f"hydra.run.dir={out.parent / ('run-' + out.name)}", *overrides]  # fmt: skip
 
@@ -138,7 +138,7 @@ def test_prepare_then_train_end_to_end_offline_with_the_tiny_translator(tmp_path
     src = write_source(tmp_path / "in.jsonl", 30, sentences=1)
     env = {**os.environ, "HYBATCH_CACHE": str(tmp_path / "empty-cache"), "WANDB_MODE": "offline"}
     out = tmp_path / "prepared"
-    prep = subprocess.run([sys.executable, str(REPO / "prepare_data.py"), "source=jsonl", f"source.path={src}", "source.name=toy",
+    prep = subprocess.run([sys.executable, str(REPO / "prepare_data.py"), "dataset=jsonl", f"dataset.path={src}", "dataset.name=toy",
                            "translate=tiny", "languages=[de,es]", f"out_dir={out}"],
                           cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     assert prep.returncode == 0, prep.stdout[-3000:]
@@ -154,3 +154,12 @@ def test_prepare_then_train_end_to_end_offline_with_the_tiny_translator(tmp_path
     )  # fmt: skip
     assert run.returncode == 0, run.stdout[-3000:]
     assert "xquad_r is unavailable" in run.stdout and "using batch size" in run.stdout
+
+
+def test_the_old_source_group_spelling_still_works_with_a_warning():
+    from hybatch.prepare.command import renamed_overrides
+
+    with pytest.warns(FutureWarning, match="the `source` group is now `dataset`"):
+        got = renamed_overrides(["source=jsonl", "source.path=in.jsonl", "+source.x=1", "~source", "data.source.y=2", "sources=3"])
+    assert got == ["dataset=jsonl", "dataset.path=in.jsonl", "+dataset.x=1", "~dataset", "data.source.y=2", "sources=3"]
+

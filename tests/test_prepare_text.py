@@ -100,5 +100,5 @@ def test_file_source_names_file_and_line_of_bad_json(tmp_path):
     path.write_text('{"id": 1, "query": "q", "positive": "p"}\n{"id": 2, "query": \n', encoding="utf-8")
     with pytest.raises(SourceError, match=r"bad.jsonl:2: invalid JSON"):
         FileSource(path, fields={"query": "query", "positive": "positive"}).examples()
-    with pytest.raises(SourceError, match="source.fields.positive"):
+    with pytest.raises(SourceError, match="dataset.fields.positive"):
         FileSource(path, fields={"query": "query"})

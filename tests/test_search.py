@@ -16,7 +16,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 
 from hybatch.config import CONFIG_DIR
-from hybatch.data.beir import BeirFormatError
+from hybatch.data.beir_folder import BeirFormatError
 from hybatch.retrieval.index import EmbeddingShards
 from hybatch.retrieval.runs import read_trec_run
 from hybatch.search import run_search

@@ -57,7 +57,7 @@ def run_search(cfg: DictConfig) -> Path | None:
     from omegaconf import OmegaConf
 
     from hybatch.backbones.loading import load_encoder
-    from hybatch.data.beir import iter_corpus, read_queries
+    from hybatch.data.beir_folder import iter_corpus, read_queries
     from hybatch.evaluation.ranked_retrieval import RetrievalDataError, passage_text
     from hybatch.retrieval.index import encode_shards
     from hybatch.retrieval.runs import ranked_hits, search_stores, write_trec_run

@@ -22,7 +22,7 @@ from rich.console import Console
 from hybatch.backbones.loading import load_encoder
 from hybatch.config import instantiate_dict
 from hybatch.evaluation.lareqa_scoring import LareqaTask
-from hybatch.evaluation.miracl import MiraclTask
+from hybatch.evaluation.miracl_task import MiraclTask
 from hybatch.loggers import finish_loggers, log_results
 from hybatch.report.benchmark_tables import lareqa_table, miracl_table, report_lareqa
 from hybatch.retrieval.index import TextEncoder

@@ -171,7 +171,7 @@ def run_prepare(cfg: DictConfig) -> Path:
     start = time.perf_counter()
     if not 0 <= cfg.shard < cfg.num_shards:
         raise PrepareError(f"shard={cfg.shard}, num_shards={cfg.num_shards}: expected 0 <= shard < num_shards")
-    source: Source = instantiate(cfg.source)
+    source: Source = instantiate(cfg.dataset)
     languages = [lang for lang in cfg.languages if lang != source.language]
     out_dir = Path(cfg.out_dir).expanduser()
     out = output_path(out_dir, source.name, cfg.shard, cfg.num_shards)
@@ -186,7 +186,7 @@ def run_prepare(cfg: DictConfig) -> Path:
     examples, contaminated = guard_contamination(examples, hygiene)
     examples = examples[cfg.shard :: cfg.num_shards]
     if not examples:
-        raise PrepareError(f"no example of {source.name} is left to prepare (counts: {dict(source_counts)}); check source.fields")
+        raise PrepareError(f"no example of {source.name} is left to prepare (counts: {dict(source_counts)}); check dataset.fields")
     log.info("shard %d of %d: %d examples; target languages %s", cfg.shard, cfg.num_shards, len(examples), languages)
 
     needs_mt = any(lang not in ex.translations for ex in examples for lang in languages)

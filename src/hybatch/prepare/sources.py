@@ -124,10 +124,10 @@ class Source(ABC):
     ) -> None:
         unknown = set(fields) - set(FIELDS)
         if unknown:
-            raise SourceError(f"source.fields has {sorted(unknown)}; known fields: {list(FIELDS)}")
+            raise SourceError(f"dataset.fields has {sorted(unknown)}; known fields: {list(FIELDS)}")
         for required in ("query", "positive"):
             if not fields.get(required):
-                raise SourceError(f"source.fields.{required}: expected the name (or dotted path) of the row's {required} field")
+                raise SourceError(f"dataset.fields.{required}: expected the name (or dotted path) of the row's {required} field")
         self.name = name
         self.fields = {k: v for k, v in fields.items() if v}
         self.language = language
@@ -183,7 +183,7 @@ class FileSource(Source):
 
     def rows(self, streaming: bool = False) -> Iterator[tuple[str, Any]]:
         if not self.path.is_file():
-            raise SourceError(f"source.path: {self.path} does not exist")
+            raise SourceError(f"dataset.path: {self.path} does not exist")
         if self.format == "jsonl":
             with self.path.open("rb") as f:
                 for lineno, raw in enumerate(f, start=1):

@@ -1,6 +1,6 @@
 """MIRACL (Zhang et al. 2023) evaluation: monolingual passage retrieval from each language's Wikipedia.
 
-The data (topics, qrels, corpus; local or from the hub) are read by `hybatch.data.miracl`; encoding,
+The data (topics, qrels, corpus; local or from the hub) are read by `hybatch.data.miracl_files`; encoding,
 search (FAISS or exact shard scan), the TREC run file and nDCG@10 / Recall@k against the FULL qrels
 are `hybatch.evaluation.ranked_retrieval`'s, the path BEIR folders take too.
 """
@@ -14,7 +14,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hybatch.data.miracl import MIRACL_LANGUAGES, MiraclFormatError, MiraclLanguage, load_miracl_language
+from hybatch.data.miracl_files import (
+    MIRACL_LANGUAGES,
+    MiraclFormatError,
+    MiraclLanguage,
+    load_miracl_language,
+)
 from hybatch.evaluation.ranked_retrieval import check_settings, evaluate_ranked_retrieval
 from hybatch.retrieval.index import TextEncoder
 

@@ -1,4 +1,4 @@
-"""Any local folder in the BEIR layout (`hybatch.data.beir`), evaluated the way BEIR does.
+"""Any local folder in the BEIR layout (`hybatch.data.beir_folder`), evaluated the way BEIR does.
 
 BEIR's conventions (its `EvaluateRetrieval` over pytrec_eval):
 - the queries are those judged in the split's qrels; nDCG@k uses the graded relevance as gain, R@k
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hybatch.data.beir import BeirData, load_beir_folder
+from hybatch.data.beir_folder import BeirData, load_beir_folder
 from hybatch.evaluation.ranked_retrieval import check_settings, evaluate_ranked_retrieval
 from hybatch.retrieval.index import TextEncoder
 
