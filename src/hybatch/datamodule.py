@@ -59,6 +59,28 @@ class PairDataset(Dataset):
         }
 
 
+def missing_hard_negatives(corpus: ParallelCorpus, languages: Sequence[str], num: int) -> dict[str, tuple[int, int]]:
+    """Per language: (examples with fewer than `num` hard negatives in it, the negatives they lack)."""
+    out = {}
+    for lang in languages:
+        short = [num - len(ex.translations[lang].negatives) for ex in corpus.examples
+                 if lang in ex.translations and len(ex.translations[lang].negatives) < num]  # fmt: skip
+        out[lang] = (len(short), sum(short))
+    return out
+
+
+def log_missing_hard_negatives(corpus: ParallelCorpus, languages: Sequence[str], num: int, split: str) -> None:
+    """A row brings the hard negatives its passage language has, up to `num`; nothing is padded, so say
+    how many are missing (a row short of them has fewer candidates, not made-up ones)."""
+    missing = {lang: counts for lang, counts in missing_hard_negatives(corpus, languages, num).items() if counts[0]}
+    if missing:
+        log.warning(
+            "%s: data.num_hard_negatives=%d, but some examples have fewer in their passage language (examples short, "
+            "negatives missing, per language: %s); their rows bring only those they have",
+            split, num, {lang: list(counts) for lang, counts in missing.items()},
+        )  # fmt: skip
+
+
 class ResumableDataLoader(DataLoader):
     """A training DataLoader that places every new iterator itself: resumed position, else epoch start.
 
@@ -188,6 +210,10 @@ class RetrievalDataModule(pl.LightningDataModule):
             len(self.data.test) if self.data.test else 0,
             self.languages,
         )
+        if self.num_hard_negatives:
+            for name in ("train", "val", "test"):
+                if getattr(data, name) is not None:
+                    log_missing_hard_negatives(getattr(data, name), self.languages, self.num_hard_negatives, name)
 
     def check(self, monitor: str | None = None) -> None:
         """Load the data, build the training sampler and plan the held-out loss batches once: a data

@@ -7,9 +7,11 @@ No article is in two splits, so no passage seen in training is a test candidate.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +26,7 @@ from hybatch.data.lareqa_benchmarks import (
     load_lareqa_language,
     render_candidate,
 )
+from hybatch.data.parallel_jsonl import read_parallel_jsonl
 from hybatch.data.training_data import TrainingData
 
 log = logging.getLogger(__name__)
@@ -141,6 +144,37 @@ def examples_from_lareqa(
     ]
 
 
+def with_mined_negatives(corpus: ParallelCorpus, path: str | os.PathLike) -> ParallelCorpus:
+    """The training examples with the hard negatives of a mined file (`mine_negatives.py
+    input=xquad_r_split ...` on the same split) in place of the answer paragraph's other sentences.
+
+    Every id of the file must be a training example here: a file mined on another split could hold
+    negatives from this split's validation or test articles. Languages the file lacks for an
+    example keep the paragraph's sentences; the count is logged."""
+    mined = {ex.id: ex for ex in read_parallel_jsonl([path])}
+    train = {ex.id for ex in corpus}
+    foreign = sorted(set(mined) - train)
+    if foreign:
+        raise SplitConfigError(
+            f"data.source.negatives={path}: {len(foreign)} ids are not training examples of this split "
+            f"(e.g. {foreign[:3]}); mine it with the same data.source.split / split_seed / max_articles"
+        )
+    kept = 0
+    examples = []
+    for ex in corpus:
+        source = mined.get(ex.id)
+        translations = dict(ex.translations)
+        for lang, t in ex.translations.items():
+            if source is not None and lang in source.translations:
+                translations[lang] = dataclasses.replace(t, negatives=source.translations[lang].negatives)
+            else:
+                kept += 1
+        examples.append(dataclasses.replace(ex, translations=translations))
+    log.info("hard negatives from %s; %d (example, language) pairs not in it keep their paragraph's sentences",
+             Path(path).name, kept)
+    return ParallelCorpus(examples)
+
+
 def load_xquad_r_split(
     data_dir: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
@@ -151,13 +185,15 @@ def load_xquad_r_split(
     url: str | None = None,
     name: str = "xquad_r",
     max_articles: int | None = None,
+    negatives: str | os.PathLike | None = None,
 ) -> TrainingData:
     """XQuAD-R from `data_dir` (else a one-time download into the cache), split by article.
 
     `languages` are the languages loaded (None: all 11): the data module trains on its configured
     languages among them, and the val / test benchmarks use all of them (el and vi: zero-shot).
     `url` (with `{name}`) replaces the pinned, checksummed download of `hybatch.data.lareqa_benchmarks.XQUAD_R`.
-    `max_articles` keeps the first articles only, in file order, for a quick look.
+    `max_articles` keeps the first articles only, in file order, for a quick look. `negatives`: a
+    parallel JSONL of mined hard negatives for the training examples (`with_mined_negatives`).
     """
     languages = list(XQUAD_R.languages if languages is None else languages)
     unknown = [lang for lang in languages if lang not in XQUAD_R.languages]
@@ -176,6 +212,8 @@ def load_xquad_r_split(
         s: ParallelCorpus(examples_from_lareqa(data, set(parts[s]), passage_text, name)) if parts[s] else None
         for s in SPLITS
     }
+    if negatives is not None and corpora["train"] is not None:
+        corpora["train"] = with_mined_negatives(corpora["train"], negatives)
     benchmarks = {
         s: build_lareqa_benchmark(f"{name}_{s}", data, set(parts[s]), candidate_text=passage_text) if parts[s] else None
         for s in ("val", "test")
