@@ -1,13 +1,14 @@
 """mteb tasks on local NTREX-128 / Tatoeba files: mteb's own evaluator agrees with a nearest-neighbour
 search computed here from the backbone's raw outputs; prompts per task type; config wiring."""
 
+import hashlib
 import json
 import logging
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, missing_shared_data
+from helpers import REPO, missing_shared_data
 from hydra import compose, initialize_config_dir
 from mteb import get_task
 from mteb.types import PromptType
@@ -167,6 +168,25 @@ def test_prompt_per_task_type(symmetric_role, prompt_type, expected):
     assert (role, q_prefix if role == "query" else p_prefix) == expected
     assert q_len == p_len == 512
     assert (encoder.query_prefix, encoder.query_max_length) == ("query: ", 64)  # restored afterwards
+
+
+def test_results_carry_the_models_name_and_weights_revision(tmp_path):
+    """mteb files results under name/revision: a run's model is named by its card or run dir, and two
+    trainings with different weights never share a revision."""
+    run = tmp_path / "hybrid-seed1"
+    (run / "model").mkdir(parents=True)
+    (run / "metrics.json").write_text("{}")
+    (run / "model" / "model.safetensors").write_bytes(b"weights one")
+    encoder = _RecordingEncoder()
+    encoder.name_or_path = str(run / "model")
+    name, revision = mteb_tasks.model_identity(encoder)
+    assert name == "local/hybrid-seed1" and revision == hashlib.sha256(b"weights one").hexdigest()[:12]
+    (run / "model" / "README.md").write_text("---\nmodel-index:\n- name: someone/hybrid-small\n---\n# card\n")
+    (run / "model" / "model.safetensors").write_bytes(b"weights two")
+    meta = DualEncoderForMteb(encoder).mteb_model_meta
+    assert (meta.name, meta.revision) == ("someone/hybrid-small", hashlib.sha256(b"weights two").hexdigest()[:12])
+    encoder.name_or_path = "intfloat/multilingual-e5-small"
+    assert mteb_tasks.model_identity(encoder) == ("intfloat/multilingual-e5-small", None)
 
 
 def test_tatoeba_reader_errors(tmp_path):

@@ -15,6 +15,7 @@ give scores comparable with published MTEB results; every other task loads from 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import re
@@ -26,6 +27,7 @@ from typing import Any, Literal
 
 import mteb
 import numpy as np
+import yaml
 from datasets import Dataset, DatasetDict
 from mteb import AbsTask, TaskMetadata
 from mteb.models import ModelMeta
@@ -51,14 +53,47 @@ _NTREX_COLUMNS = {"zho-CN": "zho_Hans", "zho-TW": "zho_Hant", ENGLISH: "eng_Latn
 _NON_SCORES = {"hf_subset", "languages", "mteb_version", "main_score"}
 
 
-def _model_name(encoder: TextEncoder) -> str:
-    """A name for mteb's result folder: the hub id, or `local/<folder>` for a local model."""
+def model_identity(encoder: TextEncoder) -> tuple[str, str | None]:
+    """(name, revision) for mteb's results, so that two models never share a result folder.
+
+    A hub id keeps its id (revision unknown here: None, mteb's "no revision"). A local folder is
+    named by its model card (`model-index` name of `<folder>/README.md`, as the Hub would show it) or
+    `local/<folder>` (a run's `model/` folder: `local/<run dir>`), and its revision is the first 12
+    hex digits of the sha256 of its weight files: the same weights, the same revision.
+    """
     name = getattr(encoder, "name_or_path", None)
     if not name:
-        return "hybatch/encoder"
-    if Path(name).exists():
-        return "local/" + re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(name).resolve().name)
-    return str(name)
+        return "hybatch/encoder", None
+    folder = Path(name)
+    if not folder.exists():
+        return str(name), None
+    folder = folder.resolve()
+    label = folder.parent.name if folder.name == "model" and (folder.parent / "metrics.json").exists() else folder.name
+    card_name = _card_model_name(folder / "README.md")
+    weights = sorted([*folder.glob("*.safetensors"), *folder.glob("*.bin")])
+    digest = hashlib.sha256()
+    for path in weights:
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 24), b""):
+                digest.update(block)
+    revision = digest.hexdigest()[:12] if weights else None
+    return card_name or "local/" + re.sub(r"[^A-Za-z0-9_.-]+", "_", label), revision
+
+
+def _card_model_name(card: Path) -> str | None:
+    """The `model-index` name in a model card's front matter, when it is an `owner/name` id."""
+    if not card.is_file():
+        return None
+    text = card.read_text(encoding="utf-8")
+    if not text.startswith("---\n") or "\n---" not in text[4:]:
+        return None
+    try:
+        front = yaml.safe_load(text[4:].split("\n---", 1)[0]) or {}
+    except yaml.YAMLError:
+        return None
+    index = front.get("model-index") if isinstance(front, dict) else None
+    name = index[0].get("name") if isinstance(index, list) and index and isinstance(index[0], dict) else None
+    return name if isinstance(name, str) and re.fullmatch(r"[\w.-]+/[\w.-]+", name) else None
 
 
 class DualEncoderForMteb(AbsEncoder):
@@ -77,10 +112,11 @@ class DualEncoderForMteb(AbsEncoder):
         self.model = encoder
         self.symmetric_role = symmetric_role
         self.max_length = max_length
+        name, revision = model_identity(encoder)
         self.mteb_model_meta = ModelMeta.create_empty(
             {
-                "name": _model_name(encoder),
-                "revision": "hybatch",
+                "name": name,
+                "revision": revision,
                 "similarity_fn_name": ScoringFunction.COSINE,
                 "embed_dim": getattr(encoder, "dim", None),
                 "max_tokens": max_length,
