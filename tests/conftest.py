@@ -9,18 +9,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import write_lareqa
+from helpers import REPO, missing_shared_data, write_lareqa
 
-REPO = Path(__file__).resolve().parents[1]
+# Under pytest-xdist each worker gets its share of the cores (README's command: 2 workers on 2 cores,
+# one thread each), and so do the processes tests start: threads beyond the cores spin against each other.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    _THREADS = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 XQUAD_R_DIR = Path(os.environ.get("HYBATCH_XQUAD_R_DIR", REPO.parent / "shared" / "data" / "xquad-r"))
-REQUIRE_SHARED_DATA = os.environ.get("HYBATCH_REQUIRE_SHARED_DATA") == "1"
-
-
-def missing_shared_data(message: str) -> None:
-    """Skip the test, or fail it under HYBATCH_REQUIRE_SHARED_DATA=1; every missing-data skip goes through here."""
-    if REQUIRE_SHARED_DATA:
-        pytest.fail(f"{message}; HYBATCH_REQUIRE_SHARED_DATA=1 makes missing shared data a failure", pytrace=False)
-    pytest.skip(message)
 
 
 def pytest_collection_modifyitems(config, items):

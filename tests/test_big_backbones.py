@@ -31,7 +31,7 @@ from transformers import (
     XLMRobertaXLConfig,
 )
 
-import hybatch.encoder
+import hybatch.encoder.dual_encoder
 import hybatch.encoder.sentence_transformers_folder
 from hybatch.backbones.bundled import bundled_tokenizer
 from hybatch.backbones.fsdp_policy import TransformerBlockPolicy
@@ -112,7 +112,7 @@ def offline_loader(monkeypatch: pytest.MonkeyPatch, tokenizer) -> Callable[[str]
             torch.manual_seed(0)
             return AutoModel.from_config(tiny_variant(config, len(tokenizer)), dtype=dtype), tokenizer
 
-        monkeypatch.setattr(hybatch.encoder, "_load_backbone", load)
+        monkeypatch.setattr(hybatch.encoder.dual_encoder, "_load_backbone", load)
         monkeypatch.setattr(hybatch.encoder.sentence_transformers_folder, "_local_or_hub_file", lambda *_: None)
         return requests
 

@@ -43,6 +43,9 @@ SHELL_TAGS = ("bash", "sh", "shell", "zsh")
 OPENS, CLOSES = r"^(for|while|until|if|case)\b", r"(^|;\s*)(done|fi|esac)\b"
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+# Under pytest-xdist (`-n 2 --dist loadgroup`, README's test command) every test of this file runs in one
+# worker: the commands run once, two at a time, from one Runner.
+pytestmark = pytest.mark.xdist_group("docs-commands")
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,8 @@ ONE_JOB = (*TINY_TRAIN, "export_model=false")
 PLACEHOLDERS = {"/data/xquad-r": "{xquad_r}", "/path/to/xquad-r": "{xquad_r}"}
 
 HUB = "needs the Hugging Face hub"
+# hybatch-search writes where `out=` says: into the command's own temporary folder.
+SEARCH_OUT = {"outputs/search/": "{out}/"}
 SLURM = "needs a SLURM cluster (submitit launcher) with GPUs"
 COMMANDS: dict[str, Run | Skip] = {
     # README.md: quick start
@@ -90,7 +95,7 @@ COMMANDS: dict[str, Run | Skip] = {
         expects=("model/config.json", "metrics.json", "test_report", "checkpoints/last.ckpt", "config.yaml",
                  "run_info.json", ".hydra/config.yaml", "train.log"),
     ),
-    "ruff check . && python -m pytest -q": Skip("the test command itself: .ci/run runs it"),
+    "ruff check . && python -m pytest -q -n 2 --dist loadgroup": Skip("the test command itself: .ci/run runs it"),
     # README.md: configuration
     "python train.py sampler=hybrid model=labse": Skip(f"{HUB} (LaBSE)"),
     "python train.py -m sampler=mono,cross,hybrid seed=1,2": Run((*ONE_JOB, "sampler=hybrid", "seed=1")),
@@ -133,15 +138,15 @@ COMMANDS: dict[str, Run | Skip] = {
     '"benchmark.tasks=[Tatoeba]"': Skip("needs MIRACL's files, the MLQA-R download and a copy of Tatoeba"),
     # docs/data.md
     "pip install -e '.[prepare]'": Skip("installs the prepare extras from PyPI"),
-    "python prepare_data.py source=wikiqa translate=nllb_600m out_dir=data/prepared": Skip(f"{HUB} (WikiQA, NLLB)"),
-    "python prepare_data.py source=wikiqa translate=tiny languages=[de,es] limit=200 out_dir=data/smoke": Skip(
+    "python prepare_data.py dataset=wikiqa translate=nllb_600m out_dir=data/prepared": Skip(f"{HUB} (WikiQA, NLLB)"),
+    "python prepare_data.py dataset=wikiqa translate=tiny languages=[de,es] limit=200 out_dir=data/smoke": Skip(
         f"{HUB} (WikiQA)"
     ),
-    "for s in wikiqa duorc newsqa natural_questions yahoo_answers; do python prepare_data.py source=$s "
+    "for s in wikiqa duorc newsqa natural_questions yahoo_answers; do python prepare_data.py dataset=$s "
     "translate=ctranslate2_nllb out_dir=data/prepared; done": Skip(f"{HUB} (the datasets, NLLB); hours of translation"),
-    "python prepare_data.py source=mrtydi_en languages=[] out_dir=data/prepared": Skip(f"{HUB} (Mr. TyDi)"),
-    "python prepare_data.py source=mfaq_en languages=[] out_dir=data/prepared": Skip(f"{HUB} (MFAQ)"),
-    "python prepare_data.py source=wikiqa source.split=validation source.name=wikiqa_val languages=[] out_dir=data/val": Skip(
+    "python prepare_data.py dataset=mrtydi_en languages=[] out_dir=data/prepared": Skip(f"{HUB} (Mr. TyDi)"),
+    "python prepare_data.py dataset=mfaq_en languages=[] out_dir=data/prepared": Skip(f"{HUB} (MFAQ)"),
+    "python prepare_data.py dataset=wikiqa dataset.split=validation dataset.name=wikiqa_val languages=[] out_dir=data/val": Skip(
         f"{HUB} (WikiQA)"
     ),
     "python train.py experiment=paper_xlmr data.source.directory=data/prepared data.source.val=[data/val/wikiqa_val.jsonl]": Skip(
@@ -150,15 +155,15 @@ COMMANDS: dict[str, Run | Skip] = {
     "python train.py experiment=paper_labse data.source.directory=data/prepared data.source.val=[data/val/wikiqa_val.jsonl]": Skip(
         f"needs a GPU (trainer=gpu), {HUB} and the prepared mixture; tests/test_config.py builds the recipe on tiny data"
     ),
-    "python prepare_data.py source=natural_questions translate=nllb_600m limit=2000 out_dir=data/probe": Skip(
+    "python prepare_data.py dataset=natural_questions translate=nllb_600m limit=2000 out_dir=data/probe": Skip(
         f"{HUB} (Natural Questions, NLLB)"
     ),
     """python -c "import json; c = json.load(open('data/probe/nq.card.json')); print({l: s['sentences_per_s'] for l, s in """
     """c['translation_stats'].items()})\"""": Skip("reads the card of the probe above, which needs the hub"),
-    "python prepare_data.py -m source=natural_questions translate=nllb_600m shard=0,1,2,3 num_shards=4 out_dir=data/prepared": Skip(
+    "python prepare_data.py -m dataset=natural_questions translate=nllb_600m shard=0,1,2,3 num_shards=4 out_dir=data/prepared": Skip(
         f"{HUB} (Natural Questions, NLLB)"
     ),
-    "python prepare_data.py -m source=natural_questions translate=ctranslate2_nllb shard='range(0,32)' num_shards=32 "
+    "python prepare_data.py -m dataset=natural_questions translate=ctranslate2_nllb shard='range(0,32)' num_shards=32 "
     "out_dir=/shared/data/prepared hydra/launcher=submitit_slurm_prepare hydra.launcher.partition=gpu": Skip(SLURM),
     # docs/cluster.md
     "python train.py -m hydra/launcher=submitit_slurm hydra.launcher.partition=gpu trainer=ddp trainer.num_nodes=2 "
@@ -185,6 +190,50 @@ COMMANDS: dict[str, Run | Skip] = {
     "bash benchmarks/gpu_check.sh /tmp/gpu_check.json": Skip("needs a GPU"),
     "python benchmarks/gpu_check.py --smoke --out /tmp/gpu_check_smoke.json": Skip(
         "tests/test_gpu_check.py runs the smoke mode"
+    ),
+    # docs/deploy.md
+    "python evaluate.py benchmark=beir benchmark.data_dir=examples/beir-tiny": Run(
+        ("model=tiny", "hydra.run.dir={out}"), expects=("metrics.json", "beir/run.trec")
+    ),
+    "python evaluate.py benchmark=beir benchmark.data_dir=examples/beir-tiny model.name_or_path=outputs/train/<time>/model": Run(
+        ("hydra.run.dir={out}",), expects=("metrics.json", "beir/run.trec")
+    ),
+    "pip install -e . --no-deps": Skip("the set-up step installs the console scripts (pip install -r requirements.txt)"),
+    "hybatch-search corpus=examples/beir-tiny/corpus.jsonl queries=examples/beir-tiny/queries.jsonl out=outputs/search/run.trec top_k=10": Run(
+        ("model=tiny",), replace=SEARCH_OUT, expects=("run.trec",)
+    ),
+    "hybatch-search corpus=examples/beir-tiny/corpus.jsonl queries=examples/beir-tiny/queries.jsonl out=outputs/search/trained.trec top_k=10 "
+    "model.name_or_path=outputs/train/<time>/model index=hnsw": Run(replace=SEARCH_OUT, expects=("trained.trec",)),
+    "for i in 0 1; do hybatch-search corpus=examples/beir-tiny/corpus.jsonl out=outputs/search/sharded.trec num_shards=2 shard_index=$i; done": Run(
+        replace={**SEARCH_OUT, "shard_index=$i": "shard_index=$i model=tiny"}, expects=("sharded.trec.embeddings",)
+    ),
+    "hybatch-search corpus=examples/beir-tiny/corpus.jsonl queries=examples/beir-tiny/queries.jsonl out=outputs/search/sharded.trec num_shards=2": Run(
+        ("model=tiny",), replace=SEARCH_OUT, expects=("sharded.trec",)
+    ),
+    "python -m hybatch.model_card outputs/train/<time>": Run(),
+    "python -m hybatch.model_card outputs/train/<time> --license apache-2.0": Run(),
+    "python -m hybatch.publish outputs/train/<time> repo_id=<user>/<model> private=true": Skip(
+        f"{HUB} (an upload); tests/test_publish.py checks the offline refusal"
+    ),
+    # docs/mining.md (the tiny model mines nothing above a score ratio: max_score_ratio=null keeps the rest)
+    "python mine_negatives.py input=xquad_r_split data.data_dir=/data/xquad-r data.source.split.folds=5 data.source.split.fold=0 "
+    "out=data/mined/xquad_r_fold0.jsonl": Run(
+        ("model=tiny", "data.source.languages=[en,de]", "data.source.max_articles=12", "max_score_ratio=null",
+         "out={out}/xquad_r_fold0.jsonl", "hydra.run.dir={out}/run"),
+        produces="data/mined", expects=("xquad_r_fold0.jsonl", "xquad_r_fold0.mine.json"),
+    ),
+    "python train.py data=parallel_jsonl data.source.train=[data/mined/xquad_r_fold0.jsonl] data.num_hard_negatives=2 data.hygiene=null": Run(
+        ("model=tiny", "data.languages=[en,de]", "data.batch_size=8", "trainer.max_steps=2", "++trainer.limit_train_batches=2",
+         "baseline=false", "callbacks.progress_bar=null", "hydra.run.dir={out}"), expects=("metrics.json",),
+    ),
+    "python train.py data.data_dir=/data/xquad-r data.source.split.folds=5 data.source.split.fold=0 "
+    "data.source.negatives=data/mined/xquad_r_fold0.jsonl data.num_hard_negatives=1": Run(TINY_TRAIN, expects=("metrics.json",)),
+    "python mine_negatives.py input=data/mined/xquad_r_fold0.jsonl out=data/mined/xquad_r_fold0.trained.jsonl num_negatives=3 "
+    '"rank_range=[3,50]" max_score_ratio=0.95 model.name_or_path=outputs/train/<time>/model': Run(
+        ("out={out}/trained.jsonl", "hydra.run.dir={out}/run"), expects=("trained.jsonl", "trained.mine.json")
+    ),
+    "python benchmarks/mine_speed.py --languages en de --max-articles 20 --rounds 3": Skip(
+        "a benchmark: minutes of CPU with the bundled model; tests/test_mine_negatives.py checks what it compares"
     ),
     # docs/results.md
     "python train.py -m experiment=sampler_comparison_cv data.data_dir=../shared/data/xquad-r": Skip(
@@ -324,7 +373,7 @@ class Runner:
                     raise AssertionError(f"{placeholder} comes from `{producer}`, which failed") from err
         for text, value in row.replace.items():
             assert text in line, f"{text!r} is not in {command!r}: update its row"
-            line = line.replace(text, value)
+            line = line.replace(text, fill(value))
         for text, value in PLACEHOLDERS.items():
             line = line.replace(text, fill(value))
         line = " ".join([line, *(shlex.quote(fill(o)) for o in row.overrides)])

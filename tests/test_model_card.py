@@ -4,49 +4,12 @@ realized composition, the test metrics of metrics.json as printed numbers, promp
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
+from helpers import make_run, run_metrics
 
-from hybatch.config import CONFIG_DIR
 from hybatch.model_card import RunDirError, build_model_card, main, write_model_card
-from hybatch.run_outputs import write_metrics, write_run_info
-
-OVERRIDES = ["sampler=hybrid", "sampler.alpha=0.3", "data.languages=[en,de]", "data.batch_size=8"]
-
-
-def metrics() -> dict[str, float]:
-    out = {"composition/batches": 29.0, "composition/mono_fraction": 0.3448275862068966, "composition/mono/en": 6.0,
-           "composition/mono/de": 4.0, "composition/cross/query/en": 150.0, "composition/cross/query/de": 154.0,
-           "composition/cross/passage/en": 154.0, "composition/cross/passage/de": 150.0, "test/loss": 0.7,
-           "miracl/de/nDCG@10": 0.51234, "val/multi/mAP": 0.5}  # fmt: skip
-    for prefix, shift in (("test/", 0.0), ("baseline/test/", -0.05)):
-        out.update({f"{prefix}mono/mAP": 0.81234567 + shift, f"{prefix}cross/mAP": 0.70123456 + shift,
-                    f"{prefix}multi/mAP": 0.61111111 + shift, f"{prefix}mono/R@1": 0.75, f"{prefix}cross/R@1": 0.6,
-                    f"{prefix}multi/R@10": 0.9, f"{prefix}multi/lang_bias": 123.456 - 100 * shift,
-                    f"{prefix}multi/en/mAP": 0.6, f"{prefix}multi/de/mAP": 0.62})  # fmt: skip
-    return out
-
-
-def make_run(root: Path, model: str = "tiny", extra: tuple[str, ...] = ()) -> Path:
-    """What train.py leaves, minus the weights (the card reads only the files below)."""
-    GlobalHydra.instance().clear()
-    overrides = [f"model={model}", *OVERRIDES, *extra, f"paths.output_dir={root}"]
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
-    write_run_info(cfg, root)
-    write_metrics(root / "metrics.json", metrics())
-    (root / ".hydra").mkdir()
-    (root / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides[:-1]))
-    (root / "split.json").write_text(json.dumps({"train": ["A", "B", "C"], "val": ["D"], "test": ["E"]}))
-    (root / "model").mkdir()
-    settings = {"pooling": "mean", "normalize": True, "query_prefix": "query: ", "passage_prefix": "passage: ",
-                "query_max_length": 64, "passage_max_length": 128, "separate_towers": False}  # fmt: skip
-    (root / "model" / "hybatch_encoder.json").write_text(json.dumps(settings))
-    return root
 
 
 def front_matter(card: str) -> dict:
@@ -64,7 +27,7 @@ def test_card_of_a_run(tmp_path):
     assert meta["license"] == "other" and "base_model" not in meta  # a randomly initialised model
     assert "sentence-transformers" in meta["tags"] and meta["pipeline_tag"] == "sentence-similarity"
     exact = {m["name"].split(" ")[0]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
-    m = metrics()
+    m = run_metrics()
     assert exact == {k: m[f"test/{k}"] for k in ("mono/mAP", "cross/mAP", "multi/mAP", "mono/R@1", "cross/R@1",
                                                  "multi/R@10", "multi/lang_bias")}  # fmt: skip
     # The table prints the test values (and the zero-shot row) of metrics.json.
@@ -72,7 +35,7 @@ def test_card_of_a_run(tmp_path):
     assert row == "| fine-tuned | 0.8123 | 0.7012 | 0.6111 | 0.7500 | 0.6000 | 0.9000 | 123.5 |"
     assert "| zero-shot backbone | 0.7623 | 0.6512 | 0.5611 |" in card
     assert "| en | 0.6000 |" in card and "| de | 0.6200 |" in card
-    assert "alpha = 0.3" in card and "hybrid: each batch is monolingual with probability alpha" in card
+    assert "alpha = 0.3" in card and "hybrid: a fraction alpha of the batches monolingual" in card
     assert "29 training batches, 0.345 of them monolingual" in card and "| en | 6 | 150 | 154 |" in card
     assert '`"query: "`' in card and 'prompt_name="passage"' in card and 'SentenceTransformer("someone/hybrid-tiny")' in card
     assert "python train.py model=tiny sampler=hybrid sampler.alpha=0.3 'data.languages=[en,de]' data.batch_size=8" in card

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_model_card import make_run
+from helpers import make_run
 
 from hybatch.publish import PublishError, commit_message, parse_args, publish_run
 

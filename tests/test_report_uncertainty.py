@@ -87,19 +87,31 @@ def test_seeds_are_averaged_per_question_before_resampling() -> None:
 def test_a_true_difference_is_found_and_identical_samplers_are_not_told_apart() -> None:
     results, comparisons = U.analyse(three_samplers(), resamples=4000, seed=0)
     assert all(r.error is None for r in results)
-    by = {(c.b, c.metric): c.diff for c in comparisons}
-    vs_mono = by["mono", "mono/mAP"]
+    by = {(c.a, c.b, c.metric): c.diff for c in comparisons}
+    vs_mono = by["hybrid", "mono", "mono/mAP"]
     assert vs_mono.value == pytest.approx(0.08, abs=0.02)
     assert vs_mono.low > 0 and vs_mono.p_value < 0.05
     assert U.verdict("mono/mAP", vs_mono) == "hybrid better"
-    bias = by["mono", "multi/lang_bias"]
+    bias = by["hybrid", "mono", "multi/lang_bias"]
     assert bias.high < 0 and U.verdict("multi/lang_bias", bias) == "hybrid better"  # lower bias is better
     for metric in U.METRICS:
-        same = by["cross", metric]
+        same = by["hybrid", "cross", metric]
         assert same.contains_zero() and same.p_value == 1.0
         assert U.verdict(metric, same) == U.NO_DIFFERENCE
+    # mono − cross is in the family too; every p is Holm-adjusted over all 3 x 4 tests.
+    assert {(c.a, c.b) for c in comparisons} == {("hybrid", "mono"), ("hybrid", "cross"), ("mono", "cross")}
+    assert all(c.p_holm >= c.diff.p_value for c in comparisons)
+    assert by["mono", "cross", "mono/mAP"].value == pytest.approx(-vs_mono.value, abs=0.02)
     markdown = U.to_markdown(results, comparisons, 4000)
-    assert "no difference measured" in markdown and "hybrid − mono" in markdown
+    assert "no difference measured" in markdown and "hybrid − mono" in markdown and "mono − cross" in markdown
+    assert "Holm family: these 12 tests" in markdown
+
+
+def test_holm_adjusted_p_values_worked_by_hand() -> None:
+    # Holm (1979) step-down by hand: sorted p 0.01, 0.02, 0.03, 0.5 times 4, 3, 2, 1, running maximum.
+    assert U.holm([0.03, 0.01, 0.5, 0.02]) == pytest.approx([0.06, 0.04, 0.5, 0.06])
+    assert U.holm([0.4, 0.3]) == pytest.approx([0.6, 0.6])
+    assert U.holm([]) == []
 
 
 def test_interval_of_a_mean_agrees_with_scipy_bootstrap_over_article_means() -> None:
