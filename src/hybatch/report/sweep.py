@@ -235,11 +235,55 @@ def plot(found: list[str], rows: list[dict[str, object]], path: Path) -> None:
     plt.close(fig)
 
 
+def _summed(runs: list[dict[str, float]], prefix: str) -> dict[str, int]:
+    """Per language (the key after `prefix`), the counts of all runs added up."""
+    out: dict[str, int] = defaultdict(int)
+    for r in runs:
+        for k, v in r.items():
+            if k.startswith(prefix):
+                out[k.removeprefix(prefix)] += int(v)
+    return dict(out)
+
+
+def _spread(counts: dict[str, int]) -> str:
+    if not sum(counts.values()):
+        return "–"
+    return f"{sum(counts.values()):,} ({min(counts.values()):,}–{max(counts.values()):,} per language)"
+
+
+def composition_markdown(groups: dict[RunKey, list[dict[str, float]]]) -> str:
+    """What each group of runs trained on (metrics.json's `composition/...`), summed over its runs:
+    monolingual batches per language, cross-lingual rows per query and per passage language."""
+    lines = []
+    for key, runs in groups.items():
+        if not any("composition/batches" in r for r in runs):
+            continue
+        batches = [int(r["composition/batches"]) for r in runs if "composition/batches" in r]
+        mono, query, passage = (_summed(runs, f"composition/{part}/") for part in ("mono", "cross/query", "cross/passage"))
+        lines.append(
+            f"| {key.model} | {key.sampler} | {len(batches)} | {sum(batches)} ({min(batches)}–{max(batches)} per run) | "
+            f"{sum(mono.values()) / max(sum(batches), 1):.3f} | "
+            + (" ".join(f"{lang} {n}" for lang, n in mono.items()) if sum(mono.values()) else "–")
+            + f" | {_spread(query)} | {_spread(passage)} |"
+        )
+    if not lines:
+        return ""
+    return "\n".join([
+        "### Realized batch composition (summed over the runs)", "",
+        "| model | batches | runs | training batches | mono share | mono batches per language | cross rows by query language | cross rows by passage language |",
+        "|---|---|---|---|---|---|---|---|", *lines,
+    ]) + "\n"
+
+
 def write_report(sweep_dir: Path, resamples: int = 10_000) -> str:
-    found, rows = summarise(collect(sweep_dir))
+    groups = collect(sweep_dir)
+    found, rows = summarise(groups)
     if not found:
         raise ValueError(f"the runs under {sweep_dir} have no LAReQA metrics ({BENCHMARK_PREFIXES})")
     markdown = to_markdown(found, rows)
+    composition = composition_markdown(groups)
+    if composition:
+        markdown += "\n" + composition
     (sweep_dir / "report.md").write_text(markdown)
     with (sweep_dir / "report.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
