@@ -149,3 +149,31 @@ def test_a_checkpoint_without_its_model_config_asks_for_one(tiny_run, tmp_path, 
     torch.save(checkpoint, tmp_path / "old.ckpt")
     with pytest.raises(CheckpointMismatchError, match="does not record the model config.*model=<the run's model group>"):
         load_encoder(eval_config(tmp_path, cache_dir, small_xquad_r, f"ckpt_path={tmp_path / 'old.ckpt'}"))
+
+
+def test_separate_towers_export_as_one_sentence_transformer_with_a_router(tmp_path, cache_dir):
+    """Query and passage towers are ONE folder: sentence-transformers loads it as a Router (encode_query
+    -> query tower, encode_document -> passage tower, prompts included), we load it as our encoder, and
+    each tower's weights are stored once."""
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    from hybatch.backbones.builders import tiny_dual_encoder
+    from hybatch.encoder import DualEncoder
+
+    encoder = tiny_dual_encoder(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, init_seed=0,
+                                cache_dir=str(cache_dir), query_prefix="query: ", passage_prefix="passage: ",
+                                separate_towers=True)  # fmt: skip
+    with torch.no_grad():
+        for p in encoder.passage_backbone.parameters():
+            p.add_(0.05)  # the towers differ, as after training
+    folder = encoder.save_pretrained(tmp_path / "model")
+    assert len(list(folder.rglob("*.safetensors"))) == 2
+    model = SentenceTransformer(str(folder), device="cpu")
+    texts = ["Wie viele Punkte gab die Verteidigung ab?", "The Panthers defense gave up just 308 points."]
+    ours = DualEncoder.from_pretrained(str(folder))
+    want_q, want_p = (ours.encode(texts, role, progress=False).numpy() for role in ("query", "passage"))
+    np.testing.assert_allclose(model.encode_query(texts), want_q, atol=1e-6)
+    np.testing.assert_allclose(model.encode_document(texts), want_p, atol=1e-6)
+    np.testing.assert_allclose(model.encode(texts, prompt_name="passage"), want_p, atol=1e-6)
+    assert np.abs(want_q - want_p).max() > 1e-3

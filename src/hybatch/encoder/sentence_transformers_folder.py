@@ -2,8 +2,10 @@
 
 A sentence-transformers folder keeps, beside the Hugging Face model, the pooling (`1_Pooling/`), an
 optional Dense layer (LaBSE has one), L2 normalisation, the prompts and the longest input
-(`max_seq_length`). Our export (`DualEncoder.save_pretrained`) is such a folder (two, `query/` and
-`passage/`, with separate towers) plus `hybatch_encoder.json`, every setting it was trained with.
+(`max_seq_length`). Our export (`DualEncoder.save_pretrained`) is such a folder plus
+`hybatch_encoder.json`, every setting it was trained with. With separate towers, `query/` and
+`passage/` are each such a folder, and the root is one sentence-transformers model whose Router
+module sends `encode_query` to the first and `encode_document` to the second.
 Files are read from a local folder or, for a hub id, downloaded from the hub.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -19,6 +22,8 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 SETTINGS_FILE = "hybatch_encoder.json"
+# sentence-transformers' Router routes of a separate-towers export -> the tower folders.
+ROUTES = {"query": "query", "document": "passage"}
 EXPORT_KEYS = (
     "pooling", "normalize", "query_prefix", "passage_prefix", "query_max_length", "passage_max_length", "separate_towers"
 )  # fmt: skip
@@ -169,8 +174,33 @@ def save_export(encoder: ExportableEncoder, path: Path, towers: dict[str, PreTra
     else:
         for name, tower in towers.items():
             _save_tower(encoder, tower, path / name)
+        _write_router(encoder, path, ROUTES)
     (path / SETTINGS_FILE).write_text(json.dumps(encoder.settings(), indent=2) + "\n", encoding="utf-8")
     return path
+
+
+def _write_router(encoder: ExportableEncoder, path: Path, routes: Mapping[str, str]) -> None:
+    """Make the folder of separate towers ONE sentence-transformers model: a Router module at its root
+    whose routes (`routes`: sentence-transformers' route -> our tower folder) run the modules already
+    written in each tower's folder, so no weight is stored twice. `encode_query` takes the query
+    tower, `encode_document` (and `encode` without a task) the passage tower."""
+    from sentence_transformers.sentence_transformer.modules import Router
+
+    types: dict[str, str] = {}
+    structure: dict[str, list[str]] = {}
+    for route, folder in routes.items():
+        structure[route] = []
+        for module in json.loads((path / folder / "modules.json").read_text(encoding="utf-8")):
+            module_id = f"{folder}/{module['path']}" if module["path"] else folder
+            types[module_id] = module["type"]
+            structure[route].append(module_id)
+    router = {"types": types, "structure": structure, "parameters": {"default_route": "document", "allow_empty_key": True}}
+    (path / Router.config_file_name).write_text(json.dumps(router, indent=2) + "\n", encoding="utf-8")
+    modules = [{"idx": 0, "name": "0", "path": "", "type": f"{Router.__module__}.{Router.__name__}"}]
+    (path / "modules.json").write_text(json.dumps(modules, indent=2) + "\n", encoding="utf-8")
+    tower_config = json.loads((path / routes["query"] / "config_sentence_transformers.json").read_text(encoding="utf-8"))
+    tower_config["default_prompt_name"] = None
+    (path / "config_sentence_transformers.json").write_text(json.dumps(tower_config, indent=2) + "\n", encoding="utf-8")
 
 
 def _save_tower(encoder: ExportableEncoder, tower: PreTrainedModel, path: Path) -> None:
@@ -201,7 +231,8 @@ def _save_tower(encoder: ExportableEncoder, tower: PreTrainedModel, path: Path) 
         modules.append(Normalize())
     model = SentenceTransformer(
         modules=modules,
-        prompts={"query": encoder.query_prefix, "passage": encoder.passage_prefix},
+        # "document" is the prompt `encode_document` takes; "passage" the name this project documents.
+        prompts={"query": encoder.query_prefix, "document": encoder.passage_prefix, "passage": encoder.passage_prefix},
         similarity_fn_name="cosine",
         device="cpu",
     )

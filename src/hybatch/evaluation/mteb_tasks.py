@@ -70,7 +70,7 @@ def model_identity(encoder: TextEncoder) -> tuple[str, str | None]:
     folder = folder.resolve()
     label = folder.parent.name if folder.name == "model" and (folder.parent / "metrics.json").exists() else folder.name
     card_name = _card_model_name(folder / "README.md")
-    weights = sorted([*folder.glob("*.safetensors"), *folder.glob("*.bin")])
+    weights = sorted([*folder.rglob("*.safetensors"), *folder.rglob("*.bin")])
     digest = hashlib.sha256()
     for path in weights:
         with path.open("rb") as handle:
