@@ -197,3 +197,21 @@ def test_hygiene_config_errors():
     with pytest.raises(ContaminationError, match="known benchmarks"):
         lareqa_held_out("squad")
     assert HeldOut("x").reason(ParallelExample("1", "qa", {})) is None
+
+
+def test_any_folder_in_the_lareqa_format_splits_in_its_own_languages(tmp_path, xquad_r_dir):
+    """Not only XQuAD-R: a folder of <lang>.json files in its format, in languages XQuAD-R lacks."""
+    import shutil
+
+    folder = tmp_path / "other"
+    folder.mkdir()
+    for ours, theirs in (("en", "en"), ("de", "fr"), ("es", "pt-BR")):
+        shutil.copy(xquad_r_dir / f"{ours}.json", folder / f"{theirs}.json")
+    data = load_xquad_r_split(folder, max_articles=10)
+    assert sorted(data.train.languages()) == ["en", "fr", "pt-BR"]
+    assert sorted(data.test_benchmark.languages) == ["en", "fr", "pt-BR"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SplitConfigError, match=r"data.data_dir=.*no <language>.json file"):
+        load_xquad_r_split(tmp_path / "empty")
+    with pytest.raises(SplitConfigError, match="XQuAD-R has no language"):
+        load_xquad_r_split(languages=["en", "fr"])  # the pinned download has only XQuAD-R's 11

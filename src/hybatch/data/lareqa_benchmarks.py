@@ -300,7 +300,8 @@ def lareqa_files(
     """`{lang: path}` of a benchmark's language files: from `data_dir`, else the cache (downloaded once);
     errors name `data_dir_key`, the override that sets `data_dir`.
 
-    A known benchmark (`SOURCES`) downloads from its pinned commit and verifies each file's sha256;
+    A known benchmark (`SOURCES`) downloads from its pinned commit and verifies each file's sha256
+    (a `data_dir` is read as it is, in whatever languages it has files for);
     another `url_template` (with `{name}` for the file name) downloads unverified. Other names need
     `languages` and `data_dir` or `url_template`.
     """
@@ -308,7 +309,7 @@ def lareqa_files(
     if source is None and (languages is None or (url_template is None and data_dir is None)):
         raise ValueError(f"unknown LAReQA benchmark {name!r} (known: {sorted(SOURCES)}); give languages and data_dir or url_template")
     languages = list(source.languages if languages is None else languages)
-    if source is not None:
+    if source is not None and data_dir is None:  # a local folder may hold any languages of the format
         unknown = [lang for lang in languages if lang not in source.languages]
         if unknown:
             raise ValueError(f"{name} has no language {unknown}; it has {list(source.languages)}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from hybatch.data.training_data import TrainingData
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+LANGUAGE_FILE = re.compile(r"[a-z]{2,3}([-_][A-Za-z0-9]{2,8})?")
 FOLD_KEYS = ("folds", "fold")
 
 
@@ -189,16 +191,25 @@ def load_xquad_r_split(
 ) -> TrainingData:
     """XQuAD-R from `data_dir` (else a one-time download into the cache), split by article.
 
-    `languages` are the languages loaded (None: all 11): the data module trains on its configured
-    languages among them, and the val / test benchmarks use all of them (el and vi: zero-shot).
+    `languages` are the languages loaded (None: all 11 of XQuAD-R, or every `<lang>.json` of
+    `data_dir`, which may be any benchmark in the LAReQA format): the data module trains on its
+    configured languages among them, and the val / test benchmarks use all of them (el and vi: zero-shot).
     `url` (with `{name}`) replaces the pinned, checksummed download of `hybatch.data.lareqa_benchmarks.XQUAD_R`.
     `max_articles` keeps the first articles only, in file order, for a quick look. `negatives`: a
     parallel JSONL of mined hard negatives for the training examples (`with_mined_negatives`).
     """
+    if data_dir is not None and languages is None:
+        # Any folder in the LAReQA format: its languages are its `<lang>.json` files.
+        languages = sorted(p.stem for p in Path(data_dir).expanduser().glob("*.json") if LANGUAGE_FILE.fullmatch(p.stem))
+        if not languages:
+            raise SplitConfigError(f"data.data_dir={data_dir}: no <language>.json file of the LAReQA format (e.g. en.json)")
     languages = list(XQUAD_R.languages if languages is None else languages)
     unknown = [lang for lang in languages if lang not in XQUAD_R.languages]
-    if unknown:
-        raise SplitConfigError(f"XQuAD-R has no language {unknown}; it has {list(XQUAD_R.languages)}")
+    if unknown and data_dir is None and url is None:
+        raise SplitConfigError(
+            f"XQuAD-R has no language {unknown}; it has {list(XQUAD_R.languages)} (data.data_dir=<folder> reads "
+            "any folder of <language>.json files in its format)"
+        )
     if passage_text not in CANDIDATE_TEXTS:
         raise SplitConfigError(f"data.source.passage_text={passage_text!r}: expected one of {CANDIDATE_TEXTS}")
     files = lareqa_files("xquad_r", languages, data_dir, cache_dir, url_template=url, data_dir_key="data.data_dir")
