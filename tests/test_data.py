@@ -74,6 +74,8 @@ def test_xquad_r_split_shares_no_article_or_question_between_splits(xquad_r_dir)
 
 def test_xquad_r_split_refuses_an_unknown_language(xquad_r_dir):
     with pytest.raises(SplitConfigError, match=r"no language \['xx'\]"):
+        load_xquad_r_split(languages=["en", "xx"])
+    with pytest.raises(downloads.DataSourceError, match=r"data.data_dir=.* lacks \['xx.json'\]"):
         load_xquad_r_split(xquad_r_dir, languages=["en", "xx"])
 
 
@@ -211,7 +213,7 @@ def test_any_folder_in_the_lareqa_format_splits_in_its_own_languages(tmp_path, x
     assert sorted(data.train.languages()) == ["en", "fr", "pt-BR"]
     assert sorted(data.test_benchmark.languages) == ["en", "fr", "pt-BR"]
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SplitConfigError, match=r"data.data_dir=.*no <language>.json file"):
+    with pytest.raises(downloads.DataSourceError, match=r"data.data_dir=.*no <language>.json file"):
         load_xquad_r_split(tmp_path / "empty")
     with pytest.raises(SplitConfigError, match="XQuAD-R has no language"):
         load_xquad_r_split(languages=["en", "fr"])  # the pinned download has only XQuAD-R's 11

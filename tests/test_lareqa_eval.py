@@ -24,6 +24,7 @@ from hybatch.data.lareqa_benchmarks import (
     build_lareqa_benchmark,
     load_lareqa_benchmark,
 )
+from hybatch.downloads import DataSourceError
 from hybatch.evaluation.lareqa_scoring import evaluate_lareqa, score_lareqa
 from hybatch.evaluation.runner import build_benchmarks, run_evaluation
 from hybatch.loggers import log_results
@@ -80,8 +81,10 @@ def test_xquad_r_settings_count_and_article_subset(xquad_r_dir):
     assert len([k for k in metrics if k.startswith("multi/") and k.endswith("/lang_bias")]) == 12
     with pytest.raises(ValueError, match="none of the 1 requested articles"):
         load_lareqa_benchmark("xquad_r", languages=["en"], data_dir=xquad_r_dir, articles={"No_such_article"})
-    with pytest.raises(ValueError, match="xquad_r has no language"):
+    with pytest.raises(DataSourceError, match=r"lacks \['fr.json'\]"):  # a local folder may hold any languages: not this one
         load_lareqa_benchmark("xquad_r", languages=["en", "fr"], data_dir=xquad_r_dir)
+    with pytest.raises(ValueError, match="xquad_r has no language"):  # the pinned download has XQuAD-R's 11
+        load_lareqa_benchmark("xquad_r", languages=["en", "fr"])
 
 
 def test_mlqa_like_relevance_and_skipped_pairs(mlqa_like_dir):

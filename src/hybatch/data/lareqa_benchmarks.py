@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,9 +18,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from hybatch.downloads import resolve_files
+from hybatch.downloads import DataSourceError, resolve_files
 
 log = logging.getLogger(__name__)
+# The file names of a LAReQA folder: a language code (en, zh, pt-BR, zh_Hant), then ".json".
+LANGUAGE_FILE = re.compile(r"[a-z]{2,3}([-_][A-Za-z0-9]{2,8})?")
 
 
 @dataclass(frozen=True)
@@ -306,6 +309,11 @@ def lareqa_files(
     `languages` and `data_dir` or `url_template`.
     """
     source = SOURCES.get(name)
+    if languages is None and data_dir is not None and Path(data_dir).expanduser().is_dir():
+        # A local folder in the format: its languages are its `<lang>.json` files, whatever they are.
+        languages = sorted(p.stem for p in Path(data_dir).expanduser().glob("*.json") if LANGUAGE_FILE.fullmatch(p.stem))
+        if not languages:
+            raise DataSourceError(f"{data_dir_key}={data_dir}: no <language>.json file of the LAReQA format (e.g. en.json)")
     if source is None and (languages is None or (url_template is None and data_dir is None)):
         raise ValueError(f"unknown LAReQA benchmark {name!r} (known: {sorted(SOURCES)}); give languages and data_dir or url_template")
     languages = list(source.languages if languages is None else languages)

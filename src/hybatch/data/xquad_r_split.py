@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,6 @@ import numpy as np
 
 from hybatch.data.corpus import ParallelCorpus, ParallelExample, Translation
 from hybatch.data.lareqa_benchmarks import (
-    CANDIDATE_TEXTS,
     XQUAD_R,
     LareqaLanguage,
     build_lareqa_benchmark,
@@ -33,7 +31,6 @@ from hybatch.data.training_data import TrainingData
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-LANGUAGE_FILE = re.compile(r"[a-z]{2,3}([-_][A-Za-z0-9]{2,8})?")
 FOLD_KEYS = ("folds", "fold")
 
 
@@ -198,20 +195,13 @@ def load_xquad_r_split(
     `max_articles` keeps the first articles only, in file order, for a quick look. `negatives`: a
     parallel JSONL of mined hard negatives for the training examples (`with_mined_negatives`).
     """
-    if data_dir is not None and languages is None:
-        # Any folder in the LAReQA format: its languages are its `<lang>.json` files.
-        languages = sorted(p.stem for p in Path(data_dir).expanduser().glob("*.json") if LANGUAGE_FILE.fullmatch(p.stem))
-        if not languages:
-            raise SplitConfigError(f"data.data_dir={data_dir}: no <language>.json file of the LAReQA format (e.g. en.json)")
-    languages = list(XQUAD_R.languages if languages is None else languages)
-    unknown = [lang for lang in languages if lang not in XQUAD_R.languages]
-    if unknown and data_dir is None and url is None:
-        raise SplitConfigError(
-            f"XQuAD-R has no language {unknown}; it has {list(XQUAD_R.languages)} (data.data_dir=<folder> reads "
-            "any folder of <language>.json files in its format)"
-        )
-    if passage_text not in CANDIDATE_TEXTS:
-        raise SplitConfigError(f"data.source.passage_text={passage_text!r}: expected one of {CANDIDATE_TEXTS}")
+    if languages is not None and data_dir is None and url is None:
+        unknown = [lang for lang in languages if lang not in XQUAD_R.languages]
+        if unknown:
+            raise SplitConfigError(
+                f"XQuAD-R has no language {unknown}; it has {list(XQUAD_R.languages)} (data.data_dir=<folder> reads "
+                "any folder of <language>.json files in its format)"
+            )
     files = lareqa_files("xquad_r", languages, data_dir, cache_dir, url_template=url, data_dir_key="data.data_dir")
     data = {lang: load_lareqa_language(path, lang) for lang, path in files.items()}
     titles = list(dict.fromkeys(q.article for lang_data in data.values() for q in lang_data.questions))
