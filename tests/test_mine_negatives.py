@@ -344,10 +344,13 @@ def test_a_prepared_directory_is_mined_one_dataset_at_a_time_into_the_same_file_
     toy = [{"id": f"t{i}", "translations": {"en": {"query": f"toy question {i}?", "positive": f"en: toy passage {i} {'x' * i}."}}}
            for i in range(6)]  # fmt: skip
     (prepared / "toy.jsonl").write_text("".join(json.dumps(r) + "\n" for r in toy), encoding="utf-8")
+    (prepared / "nq.card.json").write_text('{"dataset": "nq", "source": {"license": "cc-by-sa-3.0"}}')
     out = tmp_path / "mined"
     mine(HashEncoder(), f"input={prepared}", f"out={out}", "num_negatives=2", "rank_range=[1,30]", "max_score_ratio=null")
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
-        "nq.mine.json", "nq.shard-00000-of-00002.jsonl", "nq.shard-00001-of-00002.jsonl", "toy.jsonl", "toy.mine.json"]
+        "nq.card.json", "nq.mine.json", "nq.shard-00000-of-00002.jsonl", "nq.shard-00001-of-00002.jsonl", "toy.jsonl",
+        "toy.mine.json"]  # fmt: skip
+    assert (out / "nq.card.json").read_bytes() == (prepared / "nq.card.json").read_bytes()  # source and license travel
     nq = read_records(out / shards[0].name) + read_records(out / shards[1].name)
     second_half = {r["translations"]["en"]["positive"] for r in records[20:]}
     assert any(n in second_half for r in nq[:20] for n in r["translations"]["en"]["negatives"])  # the shards are one pool

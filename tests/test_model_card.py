@@ -37,7 +37,7 @@ def test_card_of_a_run(tmp_path):
     assert "| en | 0.6000 |" in card and "| de | 0.6200 |" in card
     assert "alpha = 0.3" in card and "hybrid: a fraction alpha of the batches monolingual" in card
     assert "29 training batches, 0.345 of them monolingual" in card and "| en | 6 | 150 | 154 |" in card
-    assert '`"query: "`' in card and 'prompt_name="passage"' in card and 'SentenceTransformer("someone/hybrid-tiny")' in card
+    assert '`"query: "`' in card and 'model.encode_document(' in card and 'SentenceTransformer("someone/hybrid-tiny")' in card
     assert "python train.py model=tiny sampler=hybrid sampler.alpha=0.3 'data.languages=[en,de]' data.batch_size=8" in card
     assert "XQuAD-R (LAReQA" in card and "3 training articles" in card and "CC BY-SA 4.0" in card
     assert "| miracl/de/nDCG@10 | 0.5123 |" in card

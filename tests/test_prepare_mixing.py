@@ -9,9 +9,10 @@ from functools import partial
 import numpy as np
 import pytest
 
+from hybatch.data.corpus import DatasetGroup
 from hybatch.data.parallel_jsonl import load_parallel_jsonl
 from hybatch.datamodule import RetrievalDataModule
-from hybatch.samplers import CrossLingualBatchSampler, DatasetGroup, HybridBatchSampler, SamplerConfigError
+from hybatch.samplers import CrossLingualBatchSampler, HybridBatchSampler, SamplerConfigError
 
 LANGS = ["ar", "zh", "en", "de", "es", "ru", "th", "tr", "hi"]
 

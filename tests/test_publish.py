@@ -31,7 +31,7 @@ def test_arguments():
 
 def test_offline_fails_at_once_and_changes_nothing(tmp_path):
     run = make_run(tmp_path / "run")
-    (run / "model" / "config.json").write_text("{}")
+    (run / "model" / "modules.json").write_text("[]")
     before = snapshot(run)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_TOKEN": "hf_not_a_token"}
     proc = subprocess.run([sys.executable, "-m", "hybatch.publish", str(run), "repo_id=someone/model"], cwd=REPO, env=env,
@@ -44,7 +44,7 @@ def test_unreachable_hub_and_missing_model_are_named(tmp_path, monkeypatch):
     run = make_run(tmp_path / "run")
     with pytest.raises(PublishError, match="holds no exported model"):
         publish_run(run, "someone/model")
-    (run / "model" / "config.json").write_text("{}")
+    (run / "model" / "modules.json").write_text("[]")
     monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "http://127.0.0.1:9")
     monkeypatch.setenv("HF_TOKEN", "hf_not_a_token")
     before = snapshot(run)

@@ -114,6 +114,10 @@ def test_bad_input_is_named_before_encoding(tmp_path):
         run_search(search_cfg(tmp_path, f"corpus={corpus}", "out=x", "num_shards=3", "shard_index=3"))
     with pytest.raises(ValueError, match="index='lsh'"):
         run_search(search_cfg(tmp_path, f"corpus={corpus}", f"queries={queries}", "out=x", "index=lsh"))
+    with pytest.raises(ValueError, match="tag='my run': the last column of a TREC run line"):
+        run_search(search_cfg(tmp_path, f"corpus={corpus}", f"queries={queries}", "out=x", "tag='my run'"))
+    with pytest.raises(ValueError, match="index=shards is an exact scan"):
+        run_search(search_cfg(tmp_path, f"corpus={corpus}", f"queries={queries}", "out=x", "index=shards", "+index_options.nprobe=4"))
     bad = tmp_path / "queries.tsv"
     bad.write_text("q0\tfine\nq1 no tab here\n")
     with pytest.raises(BeirFormatError, match=r"queries.tsv:2: expected 'id<TAB>text'"):

@@ -92,7 +92,7 @@ def test_synchronised_across_two_processes(tmp_path):
 
 
 def test_logged_through_lightning_log_dict():
-    """The wiring module.py uses: update in the step, `log_dict(metric collection)`, Lightning computes at epoch end."""
+    """The wiring lightning_module.py uses: update in the step, `log_dict(metric collection)`, Lightning computes at epoch end."""
     import lightning.pytorch as pl
 
     data = batches(1)

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from hybatch.atomic import atomic_write_text
 from hybatch.collate import PairCollator
-from hybatch.data.corpus import CorpusError, ParallelCorpus
+from hybatch.data.corpus import CorpusError, DatasetGroup, ParallelCorpus
 from hybatch.data.training_data import TrainingData
 from hybatch.held_out_batches import (
     HeldOutBatchConfig,
@@ -22,7 +22,7 @@ from hybatch.held_out_batches import (
     PlannedBatchSampler,
     plan_held_out_batches,
 )
-from hybatch.samplers import BatchItem, DatasetGroup, ParallelBatchSampler
+from hybatch.samplers import BatchItem, ParallelBatchSampler
 
 log = logging.getLogger(__name__)
 

@@ -104,7 +104,11 @@ def training_data(cfg: Mapping[str, Any], run_dir: Path) -> list[dict[str, str]]
         train = source.get("train") or []
         root = Path(str(cfg.get("data", {}).get("data_dir") or "."))
         files = [root / str(f) for f in ([train] if isinstance(train, str) else train)]
-    return [_prepared_file_row(Path(f)) for f in files]
+    rows: dict[str, dict[str, str]] = {}
+    for f in files:  # the shards of one dataset are one row
+        row = _prepared_file_row(Path(f))
+        rows.setdefault(row["dataset"], row)
+    return list(rows.values())
 
 
 def _prepared_file_row(path: Path) -> dict[str, str]:
@@ -235,22 +239,24 @@ def build_model_card(run_dir: str | Path, *, model_dir: str | Path | None = None
         "model serves monolingual, cross-lingual and multilingual retrieval with less language bias.", "",
         "## Usage", "",
         f'Queries take the prompt `"{q_prefix}"` and passages `"{p_prefix}"` (stored in the model as the '
-        "`query` and `passage` prompts; `prompt_name` adds them):", "",
+        "`query` and `document` prompts, which `encode_query` and `encode_document` add; `passage` is the same "
+        "as `document`):", "",
         "```python",
         "from sentence_transformers import SentenceTransformer",
         "",
         f'model = SentenceTransformer("{name if "/" in name else "path/to/this/folder"}")',
-        'queries = model.encode(["How many points did the defense allow?"], prompt_name="query")',
-        'passages = model.encode(["The Panthers defense gave up just 308 points."], prompt_name="passage")',
+        'queries = model.encode_query(["How many points did the defense allow?"])',
+        'passages = model.encode_document(["The Panthers defense gave up just 308 points."])',
         "scores = queries @ passages.T  # cosine similarities (the embeddings are normalised)",
         "```", "",
         f"Pooling: {settings.get('pooling', '?')}; normalised: {settings.get('normalize', '?')}; maximum length: "
         f"{settings.get('query_max_length', '?')} tokens for queries, {settings.get('passage_max_length', '?')} for passages"
-        + ("; separate query and passage towers (`query/` and `passage/`)." if settings.get("separate_towers") else "."), "",
+        + ("; separate query and passage towers (`query/` and `passage/`; `encode_query` and `encode_document` "
+           "pick the tower)." if settings.get("separate_towers") else "."), "",
         "## Training", "",
         f"- **Base model:** {base_text}",
         f"- **Languages:** {', '.join(languages) or 'not recorded'}",
-        f"- **License:** {license}" + ("" if base else " (set it with `python -m hybatch.model_card <run dir> --license <id>`)"),
+        f"- **License:** {license}" + (" (set it with `python -m hybatch.model_card <run dir> --license <id>`)" if license == "other" else ""),
         f"- **Batch sampler:** {sampler_line}; language weighting {sampler.get('language_weighting', '?')}, pair mode {sampler.get('pair_mode', '?')}",
         f"- **Batch size:** {cfg.get('data', {}).get('batch_size', '?')} pairs; loss temperature {module.get('temperature', '?')}; "
         f"AdamW lr {module.get('lr', '?')}, weight decay {module.get('weight_decay', '?')}, warm-up {module.get('warmup', '?')}; "

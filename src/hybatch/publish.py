@@ -99,8 +99,8 @@ def publish_run(run_dir: str | Path, repo_id: str, *, private: bool = False, bra
 
     run_dir = Path(run_dir)
     model_dir = run_dir / "model"
-    if not model_dir.is_dir() or not (model_dir / "config.json").is_file():
-        raise PublishError(f"{model_dir} holds no exported model (config.json): train with export_model=true")
+    if not model_dir.is_dir() or not (model_dir / "modules.json").is_file():
+        raise PublishError(f"{model_dir} holds no exported model (modules.json): train with export_model=true")
     try:
         card = build_model_card(run_dir, name=repo_id)
         message = commit_message(run_dir)
@@ -109,12 +109,24 @@ def publish_run(run_dir: str | Path, repo_id: str, *, private: bool = False, bra
     tag = tag or re.sub(r"[^\w.-]", "-", f"hybatch-{run_dir.resolve().name}")
     api = HfApi()
     user = _check_hub(api)
-    files = sorted(p for p in model_dir.rglob("*") if p.is_file() and p.name != "README.md")
+    # Hidden files (editor and notebook caches) are not part of the model.
+    files = sorted(p for p in model_dir.rglob("*") if p.is_file() and p.name != "README.md"
+                   and not any(part.startswith(".") for part in p.relative_to(model_dir).parts))  # fmt: skip
     operations = [CommitOperationAdd(path_in_repo=p.relative_to(model_dir).as_posix(), path_or_fileobj=str(p)) for p in files]
     operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode("utf-8")))
-    api.create_repo(repo_id, private=private, exist_ok=True)
-    commit = api.create_commit(repo_id, operations, commit_message=message, revision=branch)
-    api.create_tag(repo_id, tag=tag, revision=commit.oid, tag_message=message)
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        # Checked before uploading: a tag that exists would fail only after the commit landed.
+        if any(ref.name == tag for ref in api.list_repo_refs(repo_id).tags):
+            raise PublishError(f"{repo_id} already has the tag {tag!r}: give another with tag=...")
+        if branch != "main":
+            api.create_branch(repo_id, branch=branch, exist_ok=True)
+        commit = api.create_commit(repo_id, operations, commit_message=message, revision=branch)
+        api.create_tag(repo_id, tag=tag, revision=commit.oid, tag_message=message)
+    except PublishError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any hub failure (HTTP, permissions, network) is reported as one
+        raise PublishError(f"uploading {model_dir} to {repo_id} failed: {type(err).__name__}: {err}") from err
     print(f"{user}: uploaded {len(operations)} files of {model_dir} to {repo_id}@{branch}, tagged {tag}: {commit.commit_url}")
     return str(commit.commit_url)
 

@@ -162,9 +162,22 @@ class ParallelBatchSampler(Sampler[list[BatchItem]]):
         self._batches_per_epoch: dict[int, dict[str, int]] = {}
         self._mono_langs: dict[str, ApportionedSequence] = {}
         self._cross_pairs: dict[str, CrossPairSequence] = {}
-        dropped = {n: len(g.examples) % self.global_batch_size for n, g in self.groups.items()}
-        if any(dropped.values()):
-            log.info("each epoch leaves out %s example ids (incomplete last global batch, reshuffled every epoch)", dropped)
+        if self.dataset_weights is None:
+            dropped = {n: len(g.examples) % self.global_batch_size for n, g in self.groups.items()}
+            if any(dropped.values()):
+                log.info("each epoch leaves out %s example ids (incomplete last global batch, reshuffled every epoch)", dropped)
+        else:
+            # Batches drawn by weight over- or under-sample a dataset: say what epoch 0 does with each.
+            rows: dict[str, int] = dict.fromkeys(self.groups, 0)
+            distinct: dict[str, set[int]] = {n: set() for n in self.groups}
+            for name, ids in self.epoch_chunks(0):
+                rows[name] += len(ids)
+                distinct[name].update(ids.tolist())
+            log.info(
+                "sampler.dataset_weights: epoch 0 uses, per dataset, (rows, distinct ids, ids of the dataset): %s; "
+                "ids beyond a dataset's rows are left out, rows beyond its ids repeat ids across batches",
+                {n: (rows[n], len(distinct[n]), len(g.examples)) for n, g in self.groups.items()},
+            )
 
     # --- the plan ---------------------------------------------------------------------------
     def _normalise_dataset_weights(self, weights: Mapping[str, float] | None) -> dict[str, float] | None:

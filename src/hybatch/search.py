@@ -46,6 +46,10 @@ def _checked(cfg: DictConfig) -> tuple[Path, Path | None, Path, list[int]]:
     if shard_index is None and (queries is None or not queries.is_file()):
         raise FileNotFoundError(f"queries={cfg.get('queries')}: no such file (only a run with shard_index may leave it out)")
     check_settings("search", index=cfg.index, dtype=cfg.dtype, passage_template=cfg.passage_template, top_k=int(cfg.top_k))
+    if not str(cfg.tag) or any(ch.isspace() for ch in str(cfg.tag)):
+        raise ValueError(f"tag={cfg.tag!r}: the last column of a TREC run line, expected one word without spaces")
+    if cfg.index == "shards" and cfg.get("index_options"):
+        raise ValueError(f"index=shards is an exact scan of the shards: index_options={cfg.index_options} has no meaning there")
     root = Path(cfg.embeddings_dir) if cfg.get("embeddings_dir") else Path(f"{cfg.out}.embeddings")
     parts = [int(shard_index)] if shard_index is not None else list(range(num_shards))
     return corpus, queries, root, parts
@@ -76,7 +80,8 @@ def run_search(cfg: DictConfig) -> Path | None:
             itertools.islice(documents, part, None, num_shards),
             encoder,
             role="passage",
-            fingerprint=f"search/{corpus.resolve()}:{corpus.stat().st_size}/part {part} of {num_shards}/{template}",
+            # Size and modification time: an edited corpus is encoded again, never served from stale shards.
+            fingerprint=f"search/{corpus.resolve()}:{corpus.stat().st_size}:{corpus.stat().st_mtime_ns}/part {part} of {num_shards}/{template}",
             shard_size=int(cfg.shard_size), batch_size=int(cfg.batch_size), dtype=cfg.dtype, progress=bool(cfg.progress),
         ))  # fmt: skip
     if cfg.get("shard_index") is not None:

@@ -31,7 +31,7 @@ from hybatch.interpolation import WeightInterpolation, interpolate_after_fit, in
 from hybatch.lightning_module import DualEncoderModule
 from hybatch.loggers import finish_loggers, log_results
 from hybatch.model_card import write_model_card
-from hybatch.publish import check_can_publish, publish_run
+from hybatch.publish import PublishError, check_can_publish, publish_run
 from hybatch.report.benchmark_tables import lareqa_table, report_lareqa
 from hybatch.run_outputs import (
     BASELINE_PER_QUERY,
@@ -167,7 +167,10 @@ def _fit_test_export(cfg: DictConfig) -> dict[str, float]:
     if trainer.is_global_zero:
         write_outputs(cfg, encoder, metrics, datamodule.test_benchmark, output_dir, loggers)
         if OmegaConf.select(cfg, "hub.push", default=False):
-            publish_run(output_dir, cfg.hub.repo_id, private=bool(cfg.hub.private))
+            try:
+                publish_run(output_dir, cfg.hub.repo_id, private=bool(cfg.hub.private))
+            except PublishError as err:  # the run itself succeeded: its outputs stay, the upload can be redone
+                log.error("%s; retry with `python -m hybatch.publish %s repo_id=%s`", err, output_dir, cfg.hub.repo_id)
     finish_loggers(loggers)
     return metrics
 

@@ -150,4 +150,5 @@ def load_beir_folder(data_dir: str | os.PathLike, split: str = "test") -> BeirDa
     qrels = read_qrels(qrels_path, all_queries)
     # As BEIR's loader: only the queries judged in this split are searched and scored.
     queries = {qid: all_queries[qid] for qid in qrels}
-    return BeirData(queries, qrels, lambda: iter_corpus(corpus), f"{corpus.resolve()}:{corpus.stat().st_size}")
+    stat = corpus.stat()  # size and modification time: an edited corpus is encoded again
+    return BeirData(queries, qrels, lambda: iter_corpus(corpus), f"{corpus.resolve()}:{stat.st_size}:{stat.st_mtime_ns}")

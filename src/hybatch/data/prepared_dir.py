@@ -10,12 +10,15 @@ from hybatch.data.parallel_jsonl import JsonlFormatError, load_parallel_jsonl
 from hybatch.data.training_data import TrainingData
 
 
-def prepared_files(directory: str | os.PathLike, datasets: Sequence[str] | None = None) -> list[Path]:
+def prepared_files(
+    directory: str | os.PathLike, datasets: Sequence[str] | None = None, key: str = "data.source.directory"
+) -> list[Path]:
     """Every `<dataset>.jsonl` and `<dataset>.shard-*.jsonl` in `directory` (hidden temporary files of
-    an unfinished preparation are not matched), or only those of `datasets`."""
+    an unfinished preparation are not matched), or only those of `datasets`; errors name `key`, the
+    override that gave `directory`."""
     root = Path(directory).expanduser()
     if not root.is_dir():
-        raise JsonlFormatError(f"data.source.directory={str(root)!r} is not a directory (prepare_data.py's out_dir)")
+        raise JsonlFormatError(f"{key}={str(root)!r} is not a directory (prepare_data.py's out_dir)")
     files = sorted(p for p in root.glob("*.jsonl") if not p.name.startswith("."))
     found = {p.name.split(".")[0] for p in files}
     if datasets is not None:
@@ -24,7 +27,7 @@ def prepared_files(directory: str | os.PathLike, datasets: Sequence[str] | None 
             raise JsonlFormatError(f"data.source.datasets has {missing}, not in {root}; it holds {sorted(found)}")
         files = [p for p in files if p.name.split(".")[0] in set(datasets)]
     if not files:
-        raise JsonlFormatError(f"no prepared *.jsonl file in {root}")
+        raise JsonlFormatError(f"{key}={str(root)!r}: no prepared *.jsonl file in it")
     return files
 
 

@@ -213,7 +213,9 @@ def load_xquad_r_split(
         s: ParallelCorpus(examples_from_lareqa(data, set(parts[s]), passage_text, name)) if parts[s] else None
         for s in SPLITS
     }
-    if negatives is not None and corpora["train"] is not None:
+    if negatives is not None:
+        if corpora["train"] is None:
+            raise SplitConfigError(f"data.source.negatives={negatives}: the split has no training articles to give them to")
         corpora["train"] = with_mined_negatives(corpora["train"], negatives)
     benchmarks = {
         s: build_lareqa_benchmark(f"{name}_{s}", data, set(parts[s]), candidate_text=passage_text) if parts[s] else None

@@ -46,6 +46,7 @@ class ExportableEncoder(Protocol):
     normalize: bool
     query_prefix: str
     passage_prefix: str
+    query_max_length: int
     passage_max_length: int
     projection: nn.Linear | None
     projection_activation: nn.Module
@@ -170,10 +171,10 @@ def save_export(encoder: ExportableEncoder, path: Path, towers: dict[str, PreTra
     when it has several) plus its settings file. `towers` are plain Hugging Face models (LoRA merged)."""
     path.mkdir(parents=True, exist_ok=True)
     if len(towers) == 1:
-        _save_tower(encoder, next(iter(towers.values())), path)
+        _save_tower(encoder, next(iter(towers.values())), path, encoder.passage_max_length)
     else:
         for name, tower in towers.items():
-            _save_tower(encoder, tower, path / name)
+            _save_tower(encoder, tower, path / name, encoder.query_max_length if name == "query" else encoder.passage_max_length)
         _write_router(encoder, path, ROUTES)
     (path / SETTINGS_FILE).write_text(json.dumps(encoder.settings(), indent=2) + "\n", encoding="utf-8")
     return path
@@ -203,8 +204,9 @@ def _write_router(encoder: ExportableEncoder, path: Path, routes: Mapping[str, s
     (path / "config_sentence_transformers.json").write_text(json.dumps(tower_config, indent=2) + "\n", encoding="utf-8")
 
 
-def _save_tower(encoder: ExportableEncoder, tower: PreTrainedModel, path: Path) -> None:
-    """One sentence-transformers folder: the model, tokenizer, pooling, Dense, Normalize and prompts."""
+def _save_tower(encoder: ExportableEncoder, tower: PreTrainedModel, path: Path, max_seq_length: int) -> None:
+    """One sentence-transformers folder: the model, tokenizer, pooling, Dense, Normalize and prompts;
+    `max_seq_length` is the longest input of the role(s) the tower serves."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Transformer
 
@@ -212,7 +214,7 @@ def _save_tower(encoder: ExportableEncoder, tower: PreTrainedModel, path: Path) 
     tower.save_pretrained(path, safe_serialization=True)
     encoder.tokenizer.save_pretrained(path)
     modules: list[nn.Module] = [
-        Transformer(str(path), max_seq_length=encoder.passage_max_length),
+        Transformer(str(path), max_seq_length=max_seq_length),
         Pooling(tower.config.hidden_size, pooling_mode=ST_POOLING[encoder.pooling]),
     ]
     if encoder.projection is not None:

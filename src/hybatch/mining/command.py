@@ -112,7 +112,7 @@ def _report(cfg: DictConfig, job: Any, model: dict[str, Any], mined: dict[str, A
         "settings": {
             "num_negatives": int(cfg.num_negatives), "rank_range": list(cfg.rank_range),
             "max_score_ratio": cfg.max_score_ratio, "pool": cfg.pool, "languages": list(mined),
-            "index": cfg.index, "index_options": OmegaConf.to_container(cfg.index_options, resolve=True),
+            "index": cfg.index, "index_options": OmegaConf.to_container(cfg.index_options, resolve=True) if cfg.get("index_options") else {},
             "batch_size": int(cfg.batch_size), "shard_size": int(cfg.shard_size), "dtype": cfg.dtype,
         },  # fmt: skip
         "counts": counts,

@@ -37,6 +37,9 @@ class MiningJob:
     report: Path
     work_dir: Path
     source: dict[str, Any] = field(default_factory=dict)
+    # Files that travel with the output as they are: a prepared dataset's `.card.json` (its source and
+    # license, which the model card of a run trained on the mined folder reads).
+    copies: list[tuple[Path, Path]] = field(default_factory=list)
 
 
 def report_path(out: Path) -> Path:
@@ -46,7 +49,7 @@ def report_path(out: Path) -> Path:
 
 def _records(path: Path) -> list[dict[str, Any]]:
     """The JSON objects of a file that `read_parallel_jsonl` validated, with the same blank-line rule."""
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8", newline="\n") as f:
         return [json.loads(line.rstrip("\r\n")) for line in f if line.strip()]
 
 
@@ -54,6 +57,10 @@ def _file_job(name: str, files: list[Path], outputs: list[Path], report: Path, w
     corpus = read_parallel_jsonl(files)
     per_file = [_records(path) for path in files]
     records = [r for file_records in per_file for r in file_records]
+    # The negatives are written back onto `records` in the corpus' order: both must be the same lines.
+    if [str(r.get("id")) for r in records] != [ex.id for ex in corpus]:
+        raise ValueError(f"{', '.join(map(str, files))}: the lines read as text do not match the validated examples "
+                         "(a stray carriage return inside a line?); rewrite the file with one JSON object per line")
     counts = [len(file_records) for file_records in per_file]
     source = {"files": [str(p) for p in files]}
     return MiningJob(name, corpus, records, list(zip(outputs, counts, strict=True)), report, work_dir, source)
@@ -74,10 +81,15 @@ def jobs_for(
             raise ValueError(f"out={out} is the input directory: choose another one, the input files stay as they are")
         root = Path(work_dir) if work_dir else out / ".mine-work"
         datasets: dict[str, list[Path]] = {}
-        for file in prepared_files(path):
+        for file in prepared_files(path, key="input"):
             datasets.setdefault(file.name.split(".")[0], []).append(file)
-        return [_file_job(name, files, [out / p.name for p in files], out / f"{name}.mine.json", root / name)
+        jobs = [_file_job(name, files, [out / p.name for p in files], out / f"{name}.mine.json", root / name)
                 for name, files in datasets.items()]  # fmt: skip
+        for job in jobs:
+            card = path / f"{job.name}.card.json"
+            if card.is_file():
+                job.copies.append((card, out / card.name))
+        return jobs
     if not path.is_file():
         raise FileNotFoundError(f"input={input}: no such file or directory (a parallel JSONL file, a prepare_data.py "
                                 f"out_dir, or {XQUAD_R_INPUT})")  # fmt: skip
@@ -115,3 +127,6 @@ def write_outputs(job: MiningJob, negatives: Mapping[str, Mapping[int, list[str]
                     if lang in negatives:
                         translation["negatives"] = negatives[lang].get(i, [])
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    for source, target in job.copies:
+        with atomic_open(target, "wb", durable=True) as f:
+            f.write(source.read_bytes())
