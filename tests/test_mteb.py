@@ -187,6 +187,10 @@ def test_results_carry_the_models_name_and_weights_revision(tmp_path):
     assert (meta.name, meta.revision) == ("someone/hybrid-small", hashlib.sha256(b"weights two").hexdigest()[:12])
     encoder.name_or_path = "intfloat/multilingual-e5-small"
     assert mteb_tasks.model_identity(encoder) == ("intfloat/multilingual-e5-small", None)
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"trained")
+    encoder.weights_path = str(run / "checkpoints" / "last.ckpt")  # evaluate.py ckpt_path=...: not the base model
+    assert mteb_tasks.model_identity(encoder) == ("local/hybrid-seed1-last", hashlib.sha256(b"trained").hexdigest()[:12])
 
 
 def test_tatoeba_reader_errors(tmp_path):

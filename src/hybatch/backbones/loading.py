@@ -42,6 +42,7 @@ def load_encoder(cfg: DictConfig) -> DualEncoder:
         overrides = {k: OmegaConf.to_container(cfg.model, resolve=True)[k] for k in top}
         encoder = encoder_from_checkpoint(path, cache_dir=cfg.paths.cache_dir, overrides=overrides)
     log.info("loaded encoder weights from %s", path)
+    encoder.weights_path = str(path)
     return encoder
 
 

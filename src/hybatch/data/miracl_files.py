@@ -20,14 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hybatch.data.beir_folder import Document
+
 MIRACL_LANGUAGES = ("ar", "bn", "de", "en", "es", "fa", "fi", "fr", "hi", "id", "ja", "ko", "ru", "sw", "te", "th", "yo", "zh")
 # Hub datasets pinned to a commit, so a run reads the same topics, qrels and corpus whenever it runs.
 HF_TOPICS_REPO = "miracl/miracl"
 HF_TOPICS_REVISION = "5be20db9509754dadad47689368639fcec739c00"
 HF_CORPUS_REPO = "miracl/miracl-corpus"
 HF_CORPUS_REVISION = "d921ec7e349ce0d28daf30b2da9da5ee698bef0d"
-
-Document = tuple[str, str, str]  # docid, title, text
 
 
 class MiraclFormatError(ValueError):

@@ -92,6 +92,9 @@ class DualEncoder(nn.Module):
             raise EncoderConfigError(f"model.pooling={pooling!r}: expected one of {POOLINGS}")
         _prepare_tokenizer(tokenizer, pooling)
         self.name_or_path = name_or_path
+        # The training checkpoint the weights were loaded from, when they are not `name_or_path`'s
+        # (`evaluate.py ckpt_path=...`): results must not be filed under the base model.
+        self.weights_path: str | None = None
         self.pooling = pooling
         self.normalize = normalize
         self.query_prefix = query_prefix

@@ -56,11 +56,17 @@ _NON_SCORES = {"hf_subset", "languages", "mteb_version", "main_score"}
 def model_identity(encoder: TextEncoder) -> tuple[str, str | None]:
     """(name, revision) for mteb's results, so that two models never share a result folder.
 
-    A hub id keeps its id (revision unknown here: None, mteb's "no revision"). A local folder is
+    Weights from a training checkpoint (`ckpt_path=`) are `local/<run dir>-<checkpoint>` at the
+    checkpoint file's hash. A hub id keeps its id (revision unknown here: None, mteb's "no revision"). A local folder is
     named by its model card (`model-index` name of `<folder>/README.md`, as the Hub would show it) or
     `local/<folder>` (a run's `model/` folder: `local/<run dir>`), and its revision is the first 12
     hex digits of the sha256 of its weight files: the same weights, the same revision.
     """
+    checkpoint = getattr(encoder, "weights_path", None)
+    if checkpoint:  # `ckpt_path=`: the run the checkpoint belongs to, and the checkpoint's bytes
+        path = Path(checkpoint).resolve()
+        label = path.parent.parent.name if path.parent.name == "checkpoints" else path.stem
+        return "local/" + re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{label}-{path.stem}"), _sha256_prefix([path])
     name = getattr(encoder, "name_or_path", None)
     if not name:
         return "hybatch/encoder", None
@@ -71,13 +77,19 @@ def model_identity(encoder: TextEncoder) -> tuple[str, str | None]:
     label = folder.parent.name if folder.name == "model" and (folder.parent / "metrics.json").exists() else folder.name
     card_name = _card_model_name(folder / "README.md")
     weights = sorted([*folder.rglob("*.safetensors"), *folder.rglob("*.bin")])
+    return card_name or "local/" + re.sub(r"[^A-Za-z0-9_.-]+", "_", label), _sha256_prefix(weights)
+
+
+def _sha256_prefix(paths: Sequence[Path]) -> str | None:
+    """12 hex digits of the sha256 over the files' bytes: the same weights, the same revision."""
+    if not paths:
+        return None
     digest = hashlib.sha256()
-    for path in weights:
+    for path in paths:
         with path.open("rb") as handle:
             for block in iter(lambda: handle.read(1 << 24), b""):
                 digest.update(block)
-    revision = digest.hexdigest()[:12] if weights else None
-    return card_name or "local/" + re.sub(r"[^A-Za-z0-9_.-]+", "_", label), revision
+    return digest.hexdigest()[:12]
 
 
 def _card_model_name(card: Path) -> str | None:

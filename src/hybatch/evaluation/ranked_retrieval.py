@@ -17,13 +17,13 @@ from typing import Any
 
 import torch
 
+from hybatch.data.beir_folder import Document
 from hybatch.retrieval.index import TextEncoder, encode_shards
 from hybatch.retrieval.metrics import ranked_list_metrics
 from hybatch.retrieval.runs import INDEX_KINDS, ranked_hits, search_stores, write_trec_run
 
 log = logging.getLogger(__name__)
 
-Document = tuple[str, str, str]  # docid, title, text
 
 
 class RetrievalDataError(ValueError):

@@ -14,12 +14,17 @@ import logging
 import platform
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from hybatch.config import CONFIG_DIR
+
+if TYPE_CHECKING:
+    from hybatch.mining.inputs import MiningJob
+    from hybatch.mining.miner import SearchSettings
+    from hybatch.mining.select import MiningFilters
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +37,7 @@ def main(cfg: DictConfig) -> None:
     run_mining(cfg)
 
 
-def _settings(cfg: DictConfig) -> tuple[Any, Any, list[str] | None]:
+def _settings(cfg: DictConfig) -> tuple[MiningFilters, SearchSettings, list[str] | None]:
     """Filters, search settings and languages, checked before any data or model loads."""
     from hybatch.mining.miner import SearchSettings
     from hybatch.mining.select import MiningFilters
@@ -98,7 +103,7 @@ def run_mining(cfg: DictConfig, encoder: Any = None) -> list[Path]:
     return written
 
 
-def _report(cfg: DictConfig, job: Any, model: dict[str, Any], mined: dict[str, Any], seconds: float, resumed: bool) -> dict[str, Any]:
+def _report(cfg: DictConfig, job: MiningJob, model: dict[str, Any], mined: dict[str, Any], seconds: float, resumed: bool) -> dict[str, Any]:
     from hybatch.run_outputs import git_commit, package_versions
 
     counts = {lang: {"passages": len(m.texts), **m.counts, "seconds": round(m.seconds, 3)} for lang, m in mined.items()}
