@@ -476,7 +476,7 @@ def plot(results: Sequence[SamplerResult], comparisons: Sequence[Comparison], pa
     import matplotlib.pyplot as plt
 
     ok = [(r, bench) for r in results if r.pooled is not None for bench in r.pooled.benchmarks()]
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5), gridspec_kw={"width_ratios": [3, 1.2, 3]})
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5), gridspec_kw={"width_ratios": [3, 1.2, 3]})
     maps = [m for m in METRICS if m.endswith("mAP")]
     width = 0.8 / max(len(ok), 1)
     for i, (r, bench) in enumerate(ok):
@@ -491,16 +491,19 @@ def plot(results: Sequence[SamplerResult], comparisons: Sequence[Comparison], pa
     axes[0].legend(fontsize=8, loc="lower left")
     axes[1].set_xticks([0], ["language bias (lower is better)"])
     axes[1].set_ylabel("mean rank distance (95% CI)")
+    # A forest plot: one row per paired mAP difference, its label on the axis where it can be read.
     done = [c for c in comparisons if c.diff is not None and c.metric.endswith("mAP")]
     for j, c in enumerate(done):
         colour = "tab:grey" if verdict(c.metric, c.diff, c.a, c.p_holm) == NO_DIFFERENCE else "tab:blue"
-        axes[2].errorbar([j], [c.diff.value], yerr=[[c.diff.value - c.diff.low], [c.diff.high - c.diff.value]],
-                         fmt="o", capsize=4, color=colour)
-    axes[2].axhline(0, color="black", linewidth=0.8)
-    axes[2].set_xticks(range(len(done)), [f"{c.a} − {c.b}\n{c.metric}" for c in done], fontsize=7)
-    axes[2].set_ylabel("paired mAP difference (95% CI)")
+        axes[2].errorbar([c.diff.value], [j], xerr=[[c.diff.value - c.diff.low], [c.diff.high - c.diff.value]],
+                         fmt="o", capsize=3, color=colour)
+    axes[2].axvline(0, color="black", linewidth=0.8)
+    axes[2].set_yticks(range(len(done)), [f"{c.a} − {c.b}: {LABELS[c.metric]}" for c in done], fontsize=7)
+    axes[2].invert_yaxis()
+    axes[2].set_xlabel("paired mAP difference (95% CI)")
     axes[2].set_title("grey: no difference measured (interval contains 0, or Holm p >= 0.05)", fontsize=9)
-    for ax in axes:
+    axes[2].grid(axis="x", alpha=0.3)
+    for ax in axes[:2]:
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
