@@ -243,6 +243,14 @@ COMMANDS: dict[str, Run | Skip] = {
         "README's `python -m hybatch.report multirun/sampler_comparison/<time>` runs the report on a real sweep; "
         "tests/test_report_uncertainty.py covers the fold pooling"
     ),
+    "python mine_negatives.py input=xquad_r_split data.data_dir=../shared/data/xquad-r data.source.split.folds=5 "
+    "data.source.split.fold=0 out=data/mined/fold0.jsonl num_negatives=3": Skip(
+        "the bundled model mines 11 languages: ~3 min of CPU; docs/mining.md's first command runs the same with model=tiny"
+    ),
+    "python train.py experiment=sampler_comparison_cv data.data_dir=../shared/data/xquad-r seed=1 sampler=hybrid "
+    "data.source.split.fold=0 data.source.negatives=data/mined/fold0.jsonl data.num_hard_negatives=1 baseline=false": Skip(
+        "a default-size run (~4 min); docs/mining.md's data.source.negatives command runs the same path with model=tiny"
+    ),
     "python evaluate.py +experiment=low_resource benchmark.benchmarks.mteb.max_sentences=300": Skip(
         "NTREX mining in 35 languages with the bundled model: ~5 min of CPU; tests/test_mteb.py evaluates NTREX files"
     ),
