@@ -176,11 +176,12 @@ def test_every_trained_sampler_is_compared_with_zero_shot_on_all_its_seeds() -> 
     assert mono.diff.value == pytest.approx(0.2, abs=0.03) and mono.diff.low > 0
 
 
-def test_the_sweep_report_writes_intervals_table_csv_and_plot(tmp_path) -> None:
+def write_runs(root, groups) -> None:
+    """The groups' runs as training-run folders (.hydra, metrics.json, split.json, per-query rows)."""
     zero_shot = {r.fold: r.rows for r in zero_shot_runs()}
-    for (model, sampler), runs in three_samplers().items():
+    for (model, sampler), runs in groups.items():
         for run in runs:
-            d = tmp_path / run.name
+            d = root / run.name
             (d / ".hydra").mkdir(parents=True)
             OmegaConf.save({"hydra": {"runtime": {"choices": {"model": model, "sampler": sampler}}}}, d / ".hydra" / "hydra.yaml")
             cfg = {"seed": run.seed, "sampler": {"alpha": 0.5 if sampler == "hybrid" else None},
@@ -190,6 +191,10 @@ def test_the_sweep_report_writes_intervals_table_csv_and_plot(tmp_path) -> None:
             (d / "split.json").write_text(json.dumps({"test": fold_articles(run.fold), "train": [a for a in ARTICLES if a not in fold_articles(run.fold)], "val": []}))
             (d / "per_query.jsonl").write_text("".join(json.dumps(row) + "\n" for row in run.rows))
             (d / "baseline_per_query.jsonl").write_text("".join(json.dumps(row) + "\n" for row in zero_shot[run.fold]))
+
+
+def test_the_sweep_report_writes_intervals_table_csv_and_plot(tmp_path) -> None:
+    write_runs(tmp_path, three_samplers())
     markdown = write_report(tmp_path, resamples=500)
     assert "95% confidence intervals" in markdown and "| xquad_r_test | m | hybrid | 3 | 3 | 1 | 144 | 12 |" in markdown
     # The baseline rows: one run per fold (the three samplers' copies are the same backbone), no seed.
@@ -200,3 +205,20 @@ def test_the_sweep_report_writes_intervals_table_csv_and_plot(tmp_path) -> None:
     assert (tmp_path / "uncertainty.png").stat().st_size > 0
     csv_text = (tmp_path / "uncertainty.csv").read_text()
     assert "hybrid - mono" in csv_text and "p_value" in csv_text
+
+
+def test_two_folders_of_one_sampler_are_compared_paired_with_holm(tmp_path) -> None:
+    """`python -m hybatch.report.compare`: a change that is not a sampler (here: the synthetic mono runs,
+    0.08 worse, filed as hybrid runs without the change)."""
+    from hybatch.report.compare import compare_folders, main
+
+    groups = three_samplers()
+    write_runs(tmp_path / "with", {("m", "hybrid"): groups["m", "hybrid"]})
+    write_runs(tmp_path / "without", {("m", "hybrid"): groups["m", "mono"]})
+    comparisons = compare_folders(tmp_path / "with", tmp_path / "without", "hybrid", "with", "without", resamples=500)
+    by = {c.metric: c for c in comparisons}
+    assert by["mono/mAP"].diff.value == pytest.approx(0.08, abs=0.02) and by["mono/mAP"].reading() == "with better"
+    assert all(c.p_holm >= c.diff.p_value for c in comparisons) and len(comparisons) == 4
+    with pytest.raises(ValueError, match="expected the runs of one model with sampler 'cross'"):
+        compare_folders(tmp_path / "with", tmp_path / "without", "cross", "a", "b")
+    main([str(tmp_path / "with"), str(tmp_path / "without"), "--resamples", "200", "--label-a", "with", "--label-b", "without"])

@@ -366,14 +366,14 @@ def analyse(
         if ZERO_SHOT in samplers:
             pairs += [(a, ZERO_SHOT) for a in samplers if a != ZERO_SHOT]
         for a, b in pairs:
-            comparisons.extend(_compare(model, a, b, groups[model, a], groups[model, b], resamples, seed))
+            comparisons.extend(paired_comparisons(model, a, b, groups[model, a], groups[model, b], resamples, seed))
     tested = [c for c in comparisons if c.diff is not None]
     for c, p in zip(tested, holm([c.diff.p_value for c in tested]), strict=True):
         c.p_holm = p
     return results, comparisons
 
 
-def _compare(
+def paired_comparisons(
     model: str, a: str, b: str, runs_a: Sequence[RunRows], runs_b: Sequence[RunRows], resamples: int, seed: int
 ) -> list[Comparison]:
     seeds_a, seeds_b = {r.seed for r in runs_a}, {r.seed for r in runs_b}
