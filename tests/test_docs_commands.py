@@ -251,6 +251,9 @@ COMMANDS: dict[str, Run | Skip] = {
     "data.source.split.fold=0 data.source.negatives=data/mined/fold0.jsonl data.num_hard_negatives=1 baseline=false": Skip(
         "a default-size run (~4 min); docs/mining.md's data.source.negatives command runs the same path with model=tiny"
     ),
+    "python -m hybatch.report.compare <folder of the 5 runs above> <the comparison's multirun folder> --sampler hybrid": Skip(
+        "needs the ten training runs above; tests/test_report_uncertainty.py runs the comparison on synthetic runs"
+    ),
     "python evaluate.py +experiment=low_resource benchmark.benchmarks.mteb.max_sentences=300": Skip(
         "NTREX mining in 35 languages with the bundled model: ~5 min of CPU; tests/test_mteb.py evaluates NTREX files"
     ),
