@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import socket
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import assert_grads_close, encoder, free_port, grads, make_inputs
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
@@ -22,48 +22,6 @@ from hybatch.loss import (
     gather_across_ranks,
     split_inputs,
 )
-
-VOCAB, DIM, SEQ = 50, 16, 6
-
-
-class TinyEncoder(nn.Module):
-    """Mean-pooled embeddings + projection, with dropout at both places so masks matter."""
-
-    def __init__(self, dropout: float = 0.3) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(VOCAB, DIM)
-        self.dropout = nn.Dropout(dropout)
-        self.proj = nn.Linear(DIM, DIM)
-
-    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        mask = attention_mask.unsqueeze(-1).float()
-        pooled = (self.dropout(self.embed(input_ids)) * mask).sum(1) / mask.sum(1)
-        return self.proj(self.dropout(torch.tanh(pooled)))
-
-
-def make_inputs(n: int, seed: int) -> dict[str, Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(1, SEQ + 1, (n,), generator=g)
-    return {
-        "input_ids": torch.randint(VOCAB, (n, SEQ), generator=g),
-        "attention_mask": (torch.arange(SEQ) < lengths[:, None]).long(),
-    }
-
-
-def encoder(dropout: float = 0.3) -> TinyEncoder:
-    torch.manual_seed(0)
-    return TinyEncoder(dropout)
-
-
-def grads(model: nn.Module) -> dict[str, Tensor]:
-    return {name: p.grad.clone() for name, p in model.named_parameters()}
-
-
-def assert_grads_close(got: dict[str, Tensor], want: dict[str, Tensor]) -> None:
-    assert got.keys() == want.keys()
-    for name in want:
-        torch.testing.assert_close(got[name], want[name], atol=1e-5, rtol=1e-5, msg=name)
-
 
 # --- the loss against a hand computation ---------------------------------------------------------------
 
@@ -284,16 +242,10 @@ def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ddp_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, dict[str, Tensor]]]:
     out_dir = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_ddp_worker, args=(_free_port(), str(out_dir)), nprocs=WORLD, join=True)
+    mp.spawn(_ddp_worker, args=(free_port(), str(out_dir)), nprocs=WORLD, join=True)
     return [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD)]
 
 
