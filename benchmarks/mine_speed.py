@@ -7,7 +7,9 @@ language), the same model (one encoder; sentence-transformers loads the folder i
 included), the same settings (top 3 of ranks [3, 50] at most 0.95 x the positive's score; ST:
 range_min=2, range_max=50, relative_margin=0.05, sampling_strategy=top, exact search on both sides)
 and the same batch size, in one process. Each side mines every language once per round, after one
-warm-up encoding; the fastest round is reported. passages/s is pool passages over the side's wall time
+warm-up encoding, the side going first alternating between rounds. Reported: each side's fastest round,
+their ratio, and the per-round ratios (theirs / ours seconds, > 1: ours faster) with their geometric mean
+and its 95% t-interval over rounds, so a ratio near 1 can be read against the round-to-round spread. passages/s is pool passages over the side's wall time
 (encoding passages and questions, search, filtering; ours also writes its output file). Peak memory is
 the resident set sampled every 5 ms while a side runs, minus the resident set before it.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import tempfile
@@ -23,8 +26,10 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
+from scipy import stats
 
 from hybatch.config import CONFIG_DIR
 from hybatch.data.xquad_r_split import load_xquad_r_split
@@ -103,6 +108,16 @@ def run_st(model, corpus, languages: list[str], args: argparse.Namespace) -> tup
     return time.perf_counter() - start, kept
 
 
+def ratio_interval(ratios: list[float]) -> dict:
+    """Geometric mean of the per-round ratios and its 95% t-interval (log scale): rounds are the replicates."""
+    logs = np.log(ratios)
+    mean = float(logs.mean())
+    if len(ratios) < 2:
+        return {"ratio_geomean": round(math.exp(mean), 3)}
+    half = float(stats.t.ppf(0.975, len(logs) - 1) * logs.std(ddof=1) / math.sqrt(len(logs)))
+    return {"ratio_geomean": round(math.exp(mean), 3), "ratio_ci95": [round(math.exp(mean - half), 3), round(math.exp(mean + half), 3)]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data_dir", nargs="?", default=str(REPO.parent / "shared" / "data" / "xquad-r"))
@@ -139,14 +154,19 @@ def main() -> None:
         st_model.encode(["warm-up passage"] * 8, prompt_name="passage")
         ours, theirs = [], []
         for r in range(args.rounds):
-            with PeakRss() as mem_st:
-                st_s, st_kept = run_st(st_model, corpus, args.languages, args)
-            theirs.append((st_s, mem_st.increase_mb, st_kept))
-            work = tmp / f"ours-{r}"
-            work.mkdir()
-            with PeakRss() as mem_ours:
-                our_s, totals = run_ours(encoder, src, work, args)
-            ours.append((our_s, mem_ours.increase_mb, totals))
+            # Alternate which side goes first, so a drift of the machine within a round favours neither.
+            for side in ("st", "ours") if r % 2 == 0 else ("ours", "st"):
+                if side == "st":
+                    with PeakRss() as mem_st:
+                        st_s, st_kept = run_st(st_model, corpus, args.languages, args)
+                    theirs.append((st_s, mem_st.increase_mb, st_kept))
+                else:
+                    work = tmp / f"ours-{r}"
+                    work.mkdir()
+                    with PeakRss() as mem_ours:
+                        our_s, totals = run_ours(encoder, src, work, args)
+                    ours.append((our_s, mem_ours.increase_mb, totals))
+    ratios = [t[0] / o[0] for o, t in zip(ours, theirs, strict=True)]
     our_s, our_mb, totals = min(ours, key=lambda x: x[0])
     st_s, st_mb, st_kept = min(theirs, key=lambda x: x[0])
     passages = totals["passages"]
@@ -157,7 +177,10 @@ def main() -> None:
                  "negatives": totals["kept"]},
         "sentence_transformers": {"seconds": round(st_s, 2), "passages_per_s": round(passages / st_s, 1),
                                   "peak_rss_increase_mb": round(st_mb, 1), "negatives": st_kept},
-        "ratio_ours_over_st": round(st_s / our_s, 2),
+        "ratio_ours_over_st": round(st_s / our_s, 3),
+        "round_seconds": [{"ours": round(o[0], 2), "sentence_transformers": round(t[0], 2)} for o, t in zip(ours, theirs, strict=True)],
+        "round_ratios": [round(x, 3) for x in ratios],
+        **ratio_interval(ratios),
         "process_max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }  # fmt: skip
     print(json.dumps(result, indent=2))

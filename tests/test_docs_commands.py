@@ -232,7 +232,8 @@ COMMANDS: dict[str, Run | Skip] = {
     '"rank_range=[3,50]" max_score_ratio=0.95 model.name_or_path=outputs/train/<time>/model': Run(
         ("out={out}/trained.jsonl", "hydra.run.dir={out}/run"), expects=("trained.jsonl", "trained.mine.json")
     ),
-    "python benchmarks/mine_speed.py --languages en de --max-articles 20 --rounds 3": Skip(
+    "for t in 1 2; do OMP_NUM_THREADS=$t python benchmarks/mine_speed.py --languages en de --max-articles 20 --rounds 5 "
+    "--threads $t; done": Skip(
         "a benchmark: minutes of CPU with the bundled model; tests/test_mine_negatives.py checks what it compares"
     ),
     # docs/results.md

@@ -359,3 +359,17 @@ def test_a_prepared_directory_is_mined_one_dataset_at_a_time_into_the_same_file_
     data = load_prepared_directory(out)  # data=paper_mix reads the output directory
     assert len(data.train) == len(records) + len(toy)
     assert json.loads((out / "nq.mine.json").read_text())["input"]["files"] == [str(p) for p in shards]
+
+
+def test_the_speed_benchmark_mines_the_same_passages_on_both_sides(tmp_path, cache_dir, xquad_r_dir):
+    """benchmarks/mine_speed.py end to end with model=tiny: both sides timed every round, the ratio's interval."""
+    env = {**os.environ, "HYBATCH_CACHE": str(cache_dir), "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "speed.json"
+    code, log = run_python(["benchmarks/mine_speed.py", str(xquad_r_dir), "--model", "tiny", "--max-articles", "2",
+                            "--rounds", "2", "--threads", "1", "--out", str(out)], REPO, env, tmp_path / "bench.log")  # fmt: skip
+    assert code == 0, log[-4000:]
+    result = json.loads(out.read_text())
+    assert result["passages"] > 0 and result["questions"] > 0 and result["ours"]["negatives"] > 0
+    assert len(result["round_seconds"]) == len(result["round_ratios"]) == 2
+    low, high = result["ratio_ci95"]
+    assert low <= result["ratio_geomean"] <= high

@@ -207,18 +207,33 @@ def test_the_sweep_report_writes_intervals_table_csv_and_plot(tmp_path) -> None:
     assert "hybrid - mono" in csv_text and "p_value" in csv_text
 
 
-def test_two_folders_of_one_sampler_are_compared_paired_with_holm(tmp_path) -> None:
+def test_folders_of_one_sampler_are_compared_pairwise_with_holm(tmp_path, capsys) -> None:
     """`python -m hybatch.report.compare`: a change that is not a sampler (here: the synthetic mono runs,
-    0.08 worse, filed as hybrid runs without the change)."""
+    0.08 worse, filed as hybrid runs without the change, and the cross runs as a third setting)."""
     from hybatch.report.compare import compare_folders, main
 
     groups = three_samplers()
     write_runs(tmp_path / "with", {("m", "hybrid"): groups["m", "hybrid"]})
     write_runs(tmp_path / "without", {("m", "hybrid"): groups["m", "mono"]})
-    comparisons = compare_folders(tmp_path / "with", tmp_path / "without", "hybrid", "with", "without", resamples=500)
-    by = {c.metric: c for c in comparisons}
+    write_runs(tmp_path / "other", {("m", "hybrid"): groups["m", "cross"]})
+    two = compare_folders([tmp_path / "with", tmp_path / "without"], ["with", "without"], "hybrid", resamples=500)
+    by = {c.metric: c for c in two}
     assert by["mono/mAP"].diff.value == pytest.approx(0.08, abs=0.02) and by["mono/mAP"].reading() == "with better"
-    assert all(c.p_holm >= c.diff.p_value for c in comparisons) and len(comparisons) == 4
+    assert all(c.p_holm >= c.diff.p_value for c in two) and len(two) == 4
+    three = compare_folders([tmp_path / "with", tmp_path / "without", tmp_path / "other"], ["w", "wo", "o"], "hybrid", resamples=500)
+    assert [(c.a, c.b) for c in three[::4]] == [("w", "wo"), ("w", "o"), ("wo", "o")] and len(three) == 12
+    # Holm over the family of 12: never below the correction over the 4 of one pair.
+    same = {c.metric: c for c in three if (c.a, c.b) == ("w", "wo")}
+    assert all(same[m].p_holm >= by[m].p_holm for m in by)
     with pytest.raises(ValueError, match="expected the runs of one model with sampler 'cross'"):
-        compare_folders(tmp_path / "with", tmp_path / "without", "cross", "a", "b")
-    main([str(tmp_path / "with"), str(tmp_path / "without"), "--resamples", "200", "--label-a", "with", "--label-b", "without"])
+        compare_folders([tmp_path / "with", tmp_path / "without"], ["a", "b"], "cross")
+    # --seeds: the runs of those seeds only (these synthetic runs are all seed 1).
+    assert [c.diff.value for c in compare_folders([tmp_path / "with", tmp_path / "without"], ["with", "without"], "hybrid",
+                                                  resamples=500, seeds=[1])] == [c.diff.value for c in two]  # fmt: skip
+    with pytest.raises(ValueError, match=r"with sampler 'hybrid' and seed in \[2\], found"):
+        compare_folders([tmp_path / "with", tmp_path / "without"], ["a", "b"], "hybrid", seeds=[2])
+    with pytest.raises(ValueError, match="two or more folders with as many distinct labels"):
+        compare_folders([tmp_path / "with", tmp_path / "without"], ["a", "a"], "hybrid")
+    main([str(tmp_path / "with"), str(tmp_path / "without"), "--resamples", "200", "--labels", "with", "without",
+          "--plot", str(tmp_path / "compare.png")])  # fmt: skip
+    assert "| with − without |" in capsys.readouterr().out and (tmp_path / "compare.png").stat().st_size > 0

@@ -1,41 +1,62 @@
-"""Two sets of runs of one sampler, paired question by question: `python -m hybatch.report.compare`.
+"""Sets of runs of one sampler, paired question by question: `python -m hybatch.report.compare`.
 
-    python -m hybatch.report.compare <runs A> <runs B> --sampler hybrid [--label-a ...] [--label-b ...]
+    python -m hybatch.report.compare <runs A> <runs B> [<runs C> ...] --sampler hybrid [--labels A B C]
 
 For a change the sweep report cannot tell apart because it is not a sampler (mined hard negatives,
-another learning rate, ...): A and B are two folders of training runs over the same folds and seeds
-(e.g. a cross-validation multirun with and without the change). Each side's `per_query.jsonl` rows of
-`--sampler` are pooled over folds as the sweep report pools them, and A − B gets, per metric, the
-paired cluster-bootstrap interval over articles and p-value of `hybatch.report.uncertainty`, the
-p-values Holm-corrected over the family of the metrics printed. Prints a markdown table.
+another learning rate, ...): each folder holds training runs over the same folds (e.g. a
+cross-validation multirun with one setting; seeds are paired on those both folders have). Each
+folder's `per_query.jsonl` rows of `--sampler` are pooled over folds as the sweep report pools them,
+and every pair, earlier folder − later folder, gets per metric the paired cluster-bootstrap interval
+over articles and p-value of `hybatch.report.uncertainty`. The p-values are Holm-corrected over the
+whole family printed (pairs x metrics). Prints a markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
+from itertools import combinations
 from pathlib import Path
 
 from hybatch.report.sweep import collect_per_query
-from hybatch.report.uncertainty import LABELS, Comparison, RunRows, holm, paired_comparisons
+from hybatch.report.uncertainty import (
+    LABELS,
+    NO_DIFFERENCE,
+    Comparison,
+    RunRows,
+    draw_forest,
+    holm,
+    paired_comparisons,
+)
 
 
-def runs_of(folder: Path, sampler: str) -> tuple[str, list[RunRows]]:
-    """The model and the runs of `sampler` under `folder` (one model expected)."""
-    groups = {key: runs for key, runs in collect_per_query(folder).items() if key[1] == sampler}
+def runs_of(folder: Path, sampler: str, seeds: Sequence[int] | None = None) -> tuple[str, list[RunRows]]:
+    """The model and the runs of `sampler` under `folder` (one model expected), of `seeds` only if given."""
+    groups = {key: [r for r in runs if seeds is None or r.seed in seeds]
+              for key, runs in collect_per_query(folder).items() if key[1] == sampler}  # fmt: skip
+    groups = {key: runs for key, runs in groups.items() if runs}
     if len(groups) != 1:
         found = sorted(f"{m}/{s}" for m, s in collect_per_query(folder))
-        raise ValueError(f"{folder}: expected the runs of one model with sampler {sampler!r}, found {found}")
+        of_seeds = "" if seeds is None else f" and seed in {list(seeds)}"
+        raise ValueError(f"{folder}: expected the runs of one model with sampler {sampler!r}{of_seeds}, found {found}")
     (model, _), runs = next(iter(groups.items()))
     return model, runs
 
 
-def compare_folders(a: Path, b: Path, sampler: str, label_a: str, label_b: str, resamples: int = 10_000) -> list[Comparison]:
-    """A − B per metric, Holm-adjusted over the metrics."""
-    model_a, runs_a = runs_of(a, sampler)
-    model_b, runs_b = runs_of(b, sampler)
-    if model_a != model_b:
-        raise ValueError(f"{a} trained {model_a}, {b} trained {model_b}: not the same model")
-    out = paired_comparisons(model_a, label_a, label_b, runs_a, runs_b, resamples, 0)
+def compare_folders(
+    folders: Sequence[Path], labels: Sequence[str], sampler: str, resamples: int = 10_000, seeds: Sequence[int] | None = None
+) -> list[Comparison]:
+    """Every pair, earlier − later, per metric; Holm-adjusted over all of them. `seeds`: only those runs."""
+    if len(folders) < 2 or len(labels) != len(folders) or len(set(labels)) != len(labels):
+        raise ValueError(f"expected two or more folders with as many distinct labels, got {len(folders)} folders and labels {list(labels)}")
+    runs = [runs_of(folder, sampler, seeds) for folder in folders]
+    models = {model for model, _ in runs}
+    if len(models) != 1:
+        trained = ", ".join(f"{folder}: {model}" for folder, (model, _) in zip(folders, runs, strict=True))
+        raise ValueError(f"not the same model: {trained}")
+    out = []
+    for (i, (model, runs_a)), (j, (_, runs_b)) in combinations(enumerate(runs), 2):
+        out += paired_comparisons(model, labels[i], labels[j], runs_a, runs_b, resamples, 0)
     tested = [c for c in out if c.diff is not None]
     for c, p in zip(tested, holm([c.diff.p_value for c in tested]), strict=True):
         c.p_holm = p
@@ -56,17 +77,38 @@ def to_markdown(comparisons: list[Comparison], resamples: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(comparisons: Sequence[Comparison], path: Path) -> None:
+    """Forest plots of the differences: mAP on the left, language bias (its own scale) on the right."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    maps = [c for c in comparisons if c.metric.endswith("mAP")]
+    bias = [c for c in comparisons if c.metric.endswith("lang_bias")]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 1.2 + 0.3 * max(len(maps), len(bias))))
+    draw_forest(axes[0], maps, "paired mAP difference (95% CI)")
+    draw_forest(axes[1], bias, "paired language-bias difference (95% CI; lower is better)")
+    fig.suptitle(f"grey: {NO_DIFFERENCE} (interval contains 0, or Holm p >= 0.05)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m hybatch.report.compare", description=__doc__.splitlines()[0])
-    parser.add_argument("runs_a", type=Path, help="folder of the runs with the change (A)")
-    parser.add_argument("runs_b", type=Path, help="folder of the runs without it (B)")
+    parser.add_argument("runs", type=Path, nargs="+", help="two or more folders of runs, one setting each")
     parser.add_argument("--sampler", default="hybrid", help="the sampler whose runs are compared (default: hybrid)")
-    parser.add_argument("--label-a", default="A")
-    parser.add_argument("--label-b", default="B")
+    parser.add_argument("--labels", nargs="+", help="a name per folder, in order (default: A, B, C, ...)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="only the runs of these seeds (default: all, paired on common ones)")
     parser.add_argument("--resamples", type=int, default=10_000)
+    parser.add_argument("--plot", type=Path, help="also draw the differences as forest plots into this PNG file")
     args = parser.parse_args(argv)
-    comparisons = compare_folders(args.runs_a, args.runs_b, args.sampler, args.label_a, args.label_b, args.resamples)
+    labels = args.labels or [chr(ord("A") + i) for i in range(len(args.runs))]
+    comparisons = compare_folders(args.runs, labels, args.sampler, args.resamples, args.seeds)
     print(to_markdown(comparisons, args.resamples))
+    if args.plot:
+        plot(comparisons, args.plot)
 
 
 if __name__ == "__main__":

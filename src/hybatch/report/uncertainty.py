@@ -491,23 +491,28 @@ def plot(results: Sequence[SamplerResult], comparisons: Sequence[Comparison], pa
     axes[0].legend(fontsize=8, loc="lower left")
     axes[1].set_xticks([0], ["language bias (lower is better)"])
     axes[1].set_ylabel("mean rank distance (95% CI)")
-    # A forest plot: one row per paired mAP difference, its label on the axis where it can be read.
-    done = [c for c in comparisons if c.diff is not None and c.metric.endswith("mAP")]
-    for j, c in enumerate(done):
-        colour = "tab:grey" if verdict(c.metric, c.diff, c.a, c.p_holm) == NO_DIFFERENCE else "tab:blue"
-        axes[2].errorbar([c.diff.value], [j], xerr=[[c.diff.value - c.diff.low], [c.diff.high - c.diff.value]],
-                         fmt="o", capsize=3, color=colour)
-    axes[2].axvline(0, color="black", linewidth=0.8)
-    axes[2].set_yticks(range(len(done)), [f"{c.a} − {c.b}: {LABELS[c.metric]}" for c in done], fontsize=7)
-    axes[2].invert_yaxis()
-    axes[2].set_xlabel("paired mAP difference (95% CI)")
+    draw_forest(axes[2], [c for c in comparisons if c.metric.endswith("mAP")], "paired mAP difference (95% CI)")
     axes[2].set_title("grey: no difference measured (interval contains 0, or Holm p >= 0.05)", fontsize=9)
-    axes[2].grid(axis="x", alpha=0.3)
     for ax in axes[:2]:
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def draw_forest(ax: Any, comparisons: Sequence[Comparison], xlabel: str) -> None:
+    """A forest plot on `ax`: one row per paired difference, its label on the axis where it can be read;
+    grey where no difference is measured."""
+    done = [c for c in comparisons if c.diff is not None]
+    for j, c in enumerate(done):
+        colour = "tab:grey" if verdict(c.metric, c.diff, c.a, c.p_holm) == NO_DIFFERENCE else "tab:blue"
+        ax.errorbar([c.diff.value], [j], xerr=[[c.diff.value - c.diff.low], [c.diff.high - c.diff.value]],
+                    fmt="o", capsize=3, color=colour)
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_yticks(range(len(done)), [f"{c.a} − {c.b}: {LABELS[c.metric]}" for c in done], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel)
+    ax.grid(axis="x", alpha=0.3)
 
 
 def point_estimates(pooled: Pooled, benchmark: str) -> dict[str, float]:
