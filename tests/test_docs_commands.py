@@ -244,16 +244,23 @@ COMMANDS: dict[str, Run | Skip] = {
         "README's `python -m hybatch.report multirun/sampler_comparison/<time>` runs the report on a real sweep; "
         "tests/test_report_uncertainty.py covers the fold pooling"
     ),
-    "python mine_negatives.py input=xquad_r_split data.data_dir=../shared/data/xquad-r data.source.split.folds=5 "
-    "data.source.split.fold=0 out=data/mined/fold0.jsonl num_negatives=3": Skip(
-        "the bundled model mines 11 languages: ~3 min of CPU; docs/mining.md's first command runs the same with model=tiny"
+    "for f in 0 1 2 3 4; do python mine_negatives.py input=xquad_r_split data.data_dir=../shared/data/xquad-r "
+    "data.source.split.folds=5 data.source.split.fold=$f out=data/mined/fold$f.jsonl num_negatives=3; for s in 1 2; do "
+    "python train.py experiment=sampler_comparison_cv data.data_dir=../shared/data/xquad-r seed=$s sampler=hybrid "
+    "data.source.split.fold=$f baseline=false hydra.run.dir=outputs/mined/none/seed$s/fold$f; for n in 1 3; do python train.py "
+    "experiment=sampler_comparison_cv data.data_dir=../shared/data/xquad-r seed=$s sampler=hybrid data.source.split.fold=$f "
+    "data.source.negatives=data/mined/fold$f.jsonl data.num_hard_negatives=$n baseline=false "
+    "hydra.run.dir=outputs/mined/n$n/seed$s/fold$f; done; done; done": Skip(
+        "5 minings (~3 min each) and 30 default-size runs (~4-7 min each) on CPU; docs/mining.md's commands run the "
+        "same mining and data.source.negatives paths with model=tiny"
     ),
-    "python train.py experiment=sampler_comparison_cv data.data_dir=../shared/data/xquad-r seed=1 sampler=hybrid "
-    "data.source.split.fold=0 data.source.negatives=data/mined/fold0.jsonl data.num_hard_negatives=1 baseline=false": Skip(
-        "a default-size run (~4 min); docs/mining.md's data.source.negatives command runs the same path with model=tiny"
+    "python -m hybatch.report.compare outputs/mined/n3 outputs/mined/n1 outputs/mined/none --sampler hybrid "
+    "--labels N=3 N=1 none --plot docs/mined_negatives.png": Skip(
+        "needs the training runs above; tests/test_report_uncertainty.py compares synthetic runs, --plot included"
     ),
-    "python -m hybatch.report.compare <folder of the 5 runs above> <the comparison's multirun folder> --sampler hybrid": Skip(
-        "needs the ten training runs above; tests/test_report_uncertainty.py runs the comparison on synthetic runs"
+    "python -m hybatch.report.compare outputs/mined/n3 outputs/mined/n1 outputs/mined/none --sampler hybrid "
+    "--labels N=3 N=1 none --seeds 1": Skip(
+        "needs the training runs above; tests/test_report_uncertainty.py compares synthetic runs, --seeds included"
     ),
     "python evaluate.py +experiment=low_resource benchmark.benchmarks.mteb.max_sentences=300": Skip(
         "NTREX mining in 35 languages with the bundled model: ~5 min of CPU; tests/test_mteb.py evaluates NTREX files"

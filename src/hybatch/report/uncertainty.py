@@ -503,12 +503,16 @@ def plot(results: Sequence[SamplerResult], comparisons: Sequence[Comparison], pa
 def draw_forest(ax: Any, comparisons: Sequence[Comparison], xlabel: str) -> None:
     """A forest plot on `ax`: one row per paired difference, its label on the axis where it can be read;
     grey where no difference is measured."""
+    from matplotlib.ticker import MaxNLocator
+
     done = [c for c in comparisons if c.diff is not None]
     for j, c in enumerate(done):
         colour = "tab:grey" if verdict(c.metric, c.diff, c.a, c.p_holm) == NO_DIFFERENCE else "tab:blue"
         ax.errorbar([c.diff.value], [j], xerr=[[c.diff.value - c.diff.low], [c.diff.high - c.diff.value]],
                     fmt="o", capsize=3, color=colour)
     ax.axvline(0, color="black", linewidth=0.8)
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=6))  # differences of thousandths: long tick labels
+    ax.tick_params(axis="x", labelrotation=30)
     ax.set_yticks(range(len(done)), [f"{c.a} − {c.b}: {LABELS[c.metric]}" for c in done], fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel(xlabel)
