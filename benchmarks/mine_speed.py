@@ -8,10 +8,11 @@ included), the same settings (top 3 of ranks [3, 50] at most 0.95 x the positive
 range_min=2, range_max=50, relative_margin=0.05, sampling_strategy=top, exact search on both sides)
 and the same batch size, in one process. Each side mines every language once per round, after one
 warm-up encoding, the side going first alternating between rounds. Reported: each side's fastest round,
-their ratio, and the per-round ratios (theirs / ours seconds, > 1: ours faster) with their geometric mean
-and its 95% t-interval over rounds, so a ratio near 1 can be read against the round-to-round spread. passages/s is pool passages over the side's wall time
-(encoding passages and questions, search, filtering; ours also writes its output file). Peak memory is
-the resident set sampled every 5 ms while a side runs, minus the resident set before it.
+their ratio, and the per-round ratios (theirs / ours seconds, > 1: ours faster) with their geometric
+mean and its 95% t-interval over rounds, so a ratio near 1 can be read against the round-to-round
+spread. passages/s is pool passages over the side's wall time (encoding passages and questions,
+search, filtering; ours also writes its output file). Peak memory is the resident set sampled every
+5 ms while a side runs, minus the resident set before it.
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ def run_st(model, corpus, languages: list[str], args: argparse.Namespace) -> tup
     return time.perf_counter() - start, kept
 
 
-def ratio_interval(ratios: list[float]) -> dict:
+def ratio_interval(ratios: list[float]) -> dict[str, object]:
     """Geometric mean of the per-round ratios and its 95% t-interval (log scale): rounds are the replicates."""
     logs = np.log(ratios)
     mean = float(logs.mean())
