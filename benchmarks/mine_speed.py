@@ -78,6 +78,7 @@ def write_input(corpus, path: Path) -> None:
 def run_ours(encoder, src: Path, work: Path, args: argparse.Namespace) -> tuple[float, dict]:
     from hybatch.mining.command import run_mining
 
+    work.mkdir()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("mine", overrides=[
             f"input={src}", f"out={work / 'mined.jsonl'}", f"model={args.model}", "progress=false",
@@ -153,20 +154,18 @@ def main() -> None:
         with torch.inference_mode():  # warm-up: both sides then start with the kernels loaded
             encoder.encode(["warm-up passage"] * 8, "passage", progress=False)
         st_model.encode(["warm-up passage"] * 8, prompt_name="passage")
-        ours, theirs = [], []
+        sides = {  # each: one round's (seconds, what it kept)
+            "st": lambda r: run_st(st_model, corpus, args.languages, args),
+            "ours": lambda r: run_ours(encoder, src, tmp / f"ours-{r}", args),
+        }
+        rounds: dict[str, list[tuple[float, float, object]]] = {"st": [], "ours": []}
         for r in range(args.rounds):
             # Alternate which side goes first, so a drift of the machine within a round favours neither.
             for side in ("st", "ours") if r % 2 == 0 else ("ours", "st"):
-                if side == "st":
-                    with PeakRss() as mem_st:
-                        st_s, st_kept = run_st(st_model, corpus, args.languages, args)
-                    theirs.append((st_s, mem_st.increase_mb, st_kept))
-                else:
-                    work = tmp / f"ours-{r}"
-                    work.mkdir()
-                    with PeakRss() as mem_ours:
-                        our_s, totals = run_ours(encoder, src, work, args)
-                    ours.append((our_s, mem_ours.increase_mb, totals))
+                with PeakRss() as mem:
+                    seconds, kept = sides[side](r)
+                rounds[side].append((seconds, mem.increase_mb, kept))
+    ours, theirs = rounds["ours"], rounds["st"]
     ratios = [t[0] / o[0] for o, t in zip(ours, theirs, strict=True)]
     our_s, our_mb, totals = min(ours, key=lambda x: x[0])
     st_s, st_mb, st_kept = min(theirs, key=lambda x: x[0])

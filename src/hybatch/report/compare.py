@@ -20,23 +20,26 @@ from pathlib import Path
 
 from hybatch.report.sweep import collect_per_query
 from hybatch.report.uncertainty import (
+    FOREST_LEGEND,
     LABELS,
-    NO_DIFFERENCE,
     Comparison,
     RunRows,
+    adjust_family,
     draw_forest,
-    holm,
     paired_comparisons,
 )
 
 
 def runs_of(folder: Path, sampler: str, seeds: Sequence[int] | None = None) -> tuple[str, list[RunRows]]:
     """The model and the runs of `sampler` under `folder` (one model expected), of `seeds` only if given."""
-    groups = {key: [r for r in runs if seeds is None or r.seed in seeds]
-              for key, runs in collect_per_query(folder).items() if key[1] == sampler}  # fmt: skip
-    groups = {key: runs for key, runs in groups.items() if runs}
+    every = collect_per_query(folder)
+    groups = {}
+    for key, runs in every.items():
+        kept = [r for r in runs if seeds is None or r.seed in seeds]
+        if key[1] == sampler and kept:
+            groups[key] = kept
     if len(groups) != 1:
-        found = sorted(f"{m}/{s}" for m, s in collect_per_query(folder))
+        found = sorted(f"{m}/{s}" for m, s in every)
         of_seeds = "" if seeds is None else f" and seed in {list(seeds)}"
         raise ValueError(f"{folder}: expected the runs of one model with sampler {sampler!r}{of_seeds}, found {found}")
     (model, _), runs = next(iter(groups.items()))
@@ -57,9 +60,7 @@ def compare_folders(
     out = []
     for (i, (model, runs_a)), (j, (_, runs_b)) in combinations(enumerate(runs), 2):
         out += paired_comparisons(model, labels[i], labels[j], runs_a, runs_b, resamples, 0)
-    tested = [c for c in out if c.diff is not None]
-    for c, p in zip(tested, holm([c.diff.p_value for c in tested]), strict=True):
-        c.p_holm = p
+    adjust_family(out)
     return out
 
 
@@ -89,7 +90,7 @@ def plot(comparisons: Sequence[Comparison], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 1.2 + 0.3 * max(len(maps), len(bias))))
     draw_forest(axes[0], maps, "paired mAP difference (95% CI)")
     draw_forest(axes[1], bias, "paired language-bias difference (95% CI; lower is better)")
-    fig.suptitle(f"grey: {NO_DIFFERENCE} (interval contains 0, or Holm p >= 0.05)", fontsize=9)
+    fig.suptitle(FOREST_LEGEND, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

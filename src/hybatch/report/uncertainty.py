@@ -46,6 +46,7 @@ METRICS: dict[str, tuple[str, str, bool]] = {
 }
 LABELS = {"mono/mAP": "mono mAP", "cross/mAP": "cross mAP", "multi/mAP": "multi mAP", "multi/lang_bias": "lang bias"}
 NO_DIFFERENCE = "no difference measured"
+FOREST_LEGEND = f"grey: {NO_DIFFERENCE} (interval contains 0, or Holm p >= 0.05)"
 ALPHA = 0.05
 # The untrained backbone's rows (training runs' baseline_per_query.jsonl): one run per fold, no seed.
 ZERO_SHOT = "zero-shot"
@@ -302,6 +303,13 @@ def holm(p_values: Sequence[float]) -> list[float]:
     return adjusted
 
 
+def adjust_family(comparisons: Sequence[Comparison]) -> None:
+    """Set `p_holm` of every compared difference, Holm-adjusted over all of them as one family."""
+    tested = [c for c in comparisons if c.diff is not None]
+    for c, p in zip(tested, holm([c.diff.p_value for c in tested]), strict=True):
+        c.p_holm = p
+
+
 def verdict(metric: str, diff: Estimate, name: str = "hybrid", p_adjusted: float | None = None) -> str:
     """The wording rule: an interval containing 0, or a multiplicity-adjusted p-value of 0.05 or more,
     is "no difference measured"."""
@@ -367,9 +375,7 @@ def analyse(
             pairs += [(a, ZERO_SHOT) for a in samplers if a != ZERO_SHOT]
         for a, b in pairs:
             comparisons.extend(paired_comparisons(model, a, b, groups[model, a], groups[model, b], resamples, seed))
-    tested = [c for c in comparisons if c.diff is not None]
-    for c, p in zip(tested, holm([c.diff.p_value for c in tested]), strict=True):
-        c.p_holm = p
+    adjust_family(comparisons)
     return results, comparisons
 
 
@@ -492,7 +498,7 @@ def plot(results: Sequence[SamplerResult], comparisons: Sequence[Comparison], pa
     axes[1].set_xticks([0], ["language bias (lower is better)"])
     axes[1].set_ylabel("mean rank distance (95% CI)")
     draw_forest(axes[2], [c for c in comparisons if c.metric.endswith("mAP")], "paired mAP difference (95% CI)")
-    axes[2].set_title("grey: no difference measured (interval contains 0, or Holm p >= 0.05)", fontsize=9)
+    axes[2].set_title(FOREST_LEGEND, fontsize=9)
     for ax in axes[:2]:
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
